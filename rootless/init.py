@@ -1,0 +1,98 @@
+"""PID 1 of the sandbox: build the filesystem, start the command, reap, forward signals.
+
+Runs in: init (PID 1 in the new PID namespace, all namespaces created).
+
+The loop is systemd-nspawn's stub_pid1: all interesting signals are blocked, taken with
+sigwaitinfo(), and forwarded to the command; every zombie is reaped. When the command
+ends, whatever it left behind gets SIGTERM, a short grace period, then the kernel's
+SIGKILL when PID 1 exits (pid_namespaces(7)). init's exit code is the command's.
+
+Every module init and the payload need is imported at module load: after pivot_root the
+host's site-packages may be gone (mkosi imports `warnings` eagerly for this reason).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from rootless import log, mounts, net, payload, rootfs, sync
+from rootless import syscalls as sc
+from rootless.errors import NamespaceError, waitstatus_to_code
+from rootless.net import loopback  # noqa: F401 - imported before pivot_root (see above)
+from rootless.signals import FORWARDED, SI_KERNEL, block
+from rootless.spec import Spec
+
+LEFTOVER_GRACE = 2.0
+
+
+def run(spec: Spec, chan: sync.Channel) -> int:
+    sc.set_pdeathsig(signal.SIGKILL)           # tied to stage-1, which never exits first
+    block(FORWARDED + (signal.SIGCHLD,))
+    rootfs.build(mounts.optimize(mounts.plan(spec)))
+    set_hostname(spec.hostname)
+    net.configure(spec.net)
+    chan.expect(sync.NETWORK_DONE)
+    pid = payload.start(spec)
+    chan.send(sync.RUNNING)
+    code = supervise(pid)
+    log.step(f"command exited: {code}")
+    kill_leftovers()
+    return code
+
+
+def set_hostname(name: str) -> None:
+    log.step(f"hostname {name}")
+    try:
+        sc.sethostname(name)
+    except OSError as e:
+        raise NamespaceError(f"cannot set the host name: {e.strerror}") from None
+
+
+def supervise(command: int) -> int:
+    """Reap children and forward signals until the command exits; its exit code."""
+    waited = FORWARDED + (signal.SIGCHLD,)
+    while True:
+        code = reap(command)
+        if code is not None:
+            return code
+        info = signal.sigwaitinfo(waited)
+        # A signal the terminal sent (SI_KERNEL) went to the whole foreground group,
+        # which the command is in: forwarding it would deliver it twice.
+        if info.si_signo != signal.SIGCHLD and info.si_code != SI_KERNEL:
+            try:
+                os.kill(command, info.si_signo)
+            except ProcessLookupError:
+                pass
+
+
+def reap(command: int) -> int | None:
+    """Reap every zombie; the command's exit code once it is among them."""
+    code = None
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return code
+        if pid == 0:
+            return code
+        if pid == command:
+            code = waitstatus_to_code(status)
+
+
+def kill_leftovers() -> None:
+    """SIGTERM to everything left in the namespace, then wait a little for it to go."""
+    try:
+        os.kill(-1, signal.SIGTERM)            # from PID 1: every other process in the ns
+    except ProcessLookupError:
+        return
+    deadline = time.monotonic() + LEFTOVER_GRACE
+    while time.monotonic() < deadline:
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0] > 0:
+                pass
+        except ChildProcessError:
+            return
+        signal.sigtimedwait((signal.SIGCHLD,), max(0.0, deadline - time.monotonic()))
+    log.step("leftover processes did not exit after SIGTERM; PID 1 exits, the kernel kills them")

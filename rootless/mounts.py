@@ -1,0 +1,311 @@
+"""The sandbox's filesystem as a list of operations.
+
+Runs in: parent (`plan`, `optimize`, `describe` are pure, for --dry-run and tests) and
+init (`apply`, after rootfs.enter_workspace() put the host's root at OLDROOT and an empty
+NEWROOT beside it).
+
+The shape is bubblewrap's SetupOp list and mkosi's FSOperation classes: plan the mounts
+as data, sort them so parents come before children, then carry them out in one loop.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+
+from rootless import syscalls as sc
+from rootless.errors import MountError
+from rootless.spec import Spec
+
+OLDROOT = "/oldroot"
+NEWROOT = "/newroot"
+DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
+
+
+class Op:
+    dst: str
+
+    def describe(self) -> str:
+        raise NotImplementedError
+
+    def apply(self, oldroot: str, newroot: str) -> None:
+        raise NotImplementedError
+
+
+class RootBind(Op):
+    """The host's `/`, recursively and read-only on every submount."""
+
+    dst = "/"
+
+    def describe(self) -> str:
+        return "bind / -> / [ro, recursive]"
+
+    def apply(self, oldroot: str, newroot: str) -> None:
+        _mount(oldroot, newroot, None, sc.MS_BIND | sc.MS_REC, what="bind the host's `/`")
+        make_readonly(newroot, oldroot)
+
+
+class Bind(Op):
+    def __init__(self, src: str, dst: str, ro: bool):
+        self.src, self.dst, self.ro = src, dst, ro
+
+    def describe(self) -> str:
+        return f"bind {self.src} -> {self.dst} [{'ro' if self.ro else 'rw'}]"
+
+    def apply(self, oldroot: str, newroot: str) -> None:
+        src = oldroot + self.src
+        dst = ensure_mountpoint(newroot, self.dst, os.path.isdir(src), f"bind `{self.src}`")
+        _mount(src, dst, None, sc.MS_BIND | sc.MS_REC, what=f"bind `{self.src}` to `{self.dst}`")
+        if self.ro:
+            make_readonly(dst, oldroot)
+
+
+class Tmpfs(Op):
+    def __init__(self, dst: str, mode: str = "0755", ro: bool = False):
+        self.dst, self.mode, self.ro = dst, mode, ro
+
+    def describe(self) -> str:
+        return f"tmpfs {self.dst} [mode={self.mode}{', ro' if self.ro else ''}]"
+
+    def apply(self, oldroot: str, newroot: str) -> None:
+        dst = ensure_mountpoint(newroot, self.dst, True, f"mount a tmpfs on `{self.dst}`")
+        flags = sc.MS_NOSUID | sc.MS_NODEV | (sc.MS_RDONLY if self.ro else 0)
+        _mount("tmpfs", dst, "tmpfs", flags, f"mode={self.mode}", what=f"mount a tmpfs on `{self.dst}`")
+
+
+class Hide(Op):
+    """An empty read-only tmpfs over a directory, /dev/null over anything else."""
+
+    def __init__(self, dst: str):
+        self.dst = dst
+
+    def describe(self) -> str:
+        return f"hide {self.dst}"
+
+    def apply(self, oldroot: str, newroot: str) -> None:
+        dst = resolve_in(newroot, self.dst)
+        if os.path.isdir(dst):
+            Tmpfs(self.dst, "0755", ro=True).apply(oldroot, newroot)
+        elif os.path.lexists(dst):
+            _mount(oldroot + "/dev/null", dst, None, sc.MS_BIND, what=f"hide `{self.dst}`")
+        else:
+            raise MountError(f"cannot hide `{self.dst}`: No such file or directory in the sandbox")
+
+
+class Proc(Op):
+    dst = "/proc"
+
+    def describe(self) -> str:
+        return "proc /proc [new, for this PID namespace]"
+
+    def apply(self, oldroot: str, newroot: str) -> None:
+        # Only PID 1 of the new PID namespace may mount its proc (architecture notes,
+        # pitfall 9); the mount also needs a fully visible /proc in our mount namespace
+        # (the host's, under OLDROOT), which is why it happens before the old root goes.
+        _mount("proc", newroot + "/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,
+               what="mount /proc")
+
+
+class Dev(Op):
+    """A minimal /dev: tmpfs, the host's harmless nodes bound in, a new devpts, /dev/shm.
+
+    mknod is impossible in a user namespace, so the nodes are bind mounts of the host's
+    (as bwrap's --dev does). devpts gets no gid= option: gid 5 may not be mapped, and the
+    kernel then refuses the mount (EINVAL; apptainer/singularity#1186).
+    """
+
+    dst = "/dev"
+
+    def describe(self) -> str:
+        return "dev /dev [tmpfs; " + " ".join(DEV_NODES) + "; devpts; shm]"
+
+    def apply(self, oldroot: str, newroot: str) -> None:
+        dev = newroot + "/dev"
+        _mount("tmpfs", dev, "tmpfs", sc.MS_NOSUID | sc.MS_NOEXEC, "mode=0755", what="mount /dev")
+        for node in DEV_NODES:
+            open(f"{dev}/{node}", "w").close()
+            _mount(f"{oldroot}/dev/{node}", f"{dev}/{node}", None, sc.MS_BIND, what=f"bind /dev/{node}")
+        os.mkdir(f"{dev}/pts")
+        _mount("devpts", f"{dev}/pts", "devpts", sc.MS_NOSUID | sc.MS_NOEXEC,
+               "newinstance,ptmxmode=0666,mode=620", what="mount /dev/pts")
+        os.symlink("pts/ptmx", f"{dev}/ptmx")
+        os.mkdir(f"{dev}/shm")
+        _mount("tmpfs", f"{dev}/shm", "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=1777", what="mount /dev/shm")
+        for name, target in (("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"),
+                             ("stdout", "/proc/self/fd/1"), ("stderr", "/proc/self/fd/2")):
+            os.symlink(target, f"{dev}/{name}")
+
+
+class Dir(Op):
+    def __init__(self, dst: str, mode: int):
+        self.dst, self.mode = dst, mode
+
+    def describe(self) -> str:
+        return f"dir {self.dst} [mode={self.mode:04o}]"
+
+    def apply(self, oldroot: str, newroot: str) -> None:
+        path = resolve_in(newroot, self.dst)
+        os.makedirs(path, exist_ok=True)
+        os.chmod(path, self.mode)
+
+
+def plan(spec: Spec) -> list[Op]:
+    """The mounts for a spec, in the order given (optimize() sorts them)."""
+    ops: list[Op] = [RootBind(), Proc(), Dev(),
+                     Tmpfs("/tmp", "1777"), Tmpfs("/var/tmp", "1777"), Tmpfs("/run", "0755"),
+                     Dir(f"/run/user/{spec.uid}", 0o700)]
+    ops += _host_resolver(spec)
+    if spec.home_mode == "rw":
+        ops.append(Bind(spec.home, spec.home, ro=False))
+    elif spec.home_mode == "tmpfs":
+        ops.append(Tmpfs(spec.home, "0700"))
+    if spec.cwd != "/":
+        # The current directory is the one place the command may write on the host.
+        # A cwd of `/` is left read-only: binding it rw would undo the read-only root.
+        ops.append(Bind(spec.cwd, spec.cwd, ro=False))
+    for m in spec.mounts:
+        if m.kind == "--tmpfs":
+            ops.append(Tmpfs(m.dst, "0755"))
+        elif m.kind == "--hide":
+            ops.append(Hide(m.dst))
+        else:
+            assert m.src is not None
+            ops.append(Bind(m.src, m.dst, ro=(m.kind == "--ro-bind")))
+    return ops
+
+
+def _host_resolver(spec: Spec) -> list[Op]:
+    # /etc/resolv.conf is often a symlink into /run (systemd-resolved, NetworkManager),
+    # which the sandbox replaces with a tmpfs; keep the file it points to, read-only.
+    target = os.path.realpath("/etc/resolv.conf")
+    hidden = ("/run/", "/tmp/", "/var/tmp/")
+    if spec.net == "host" and target.startswith(hidden) and os.path.isfile(target):
+        return [Bind(target, target, ro=True)]
+    return []
+
+
+def depth(path: str) -> int:
+    return len([p for p in path.split("/") if p])
+
+
+def optimize(ops: list[Op]) -> list[Op]:
+    """Parents before children (a stable sort by depth, as mkosi's optimize()), so that a
+    tmpfs on /tmp never hides a bind below it; at equal depth the later option wins."""
+    return sorted(ops, key=lambda op: depth(op.dst))
+
+
+def resolve_in(root: str, path: str, max_links: int = 40) -> str:
+    """`path` as seen from inside `root`, following symlinks without ever leaving it.
+
+    An absolute symlink inside the new tree (/etc/foo -> /etc/bar) must resolve against
+    the new root, not against the workspace init is running in (mkosi's chase()).
+    Missing components are kept as they are, so the result can be created.
+    """
+    parts = [p for p in path.split("/") if p not in ("", ".")]
+    resolved = ""
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            resolved = resolved.rpartition("/")[0]
+            continue
+        candidate = f"{resolved}/{part}"
+        if os.path.islink(root + candidate):
+            links += 1
+            if links > max_links:
+                raise MountError(f"cannot resolve `{path}`: too many levels of symbolic links")
+            target = os.readlink(root + candidate)
+            if target.startswith("/"):
+                resolved = ""
+            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
+            continue
+        resolved = candidate
+    return root + (resolved or "/")
+
+
+def ensure_mountpoint(root: str, path: str, directory: bool, what: str) -> str:
+    """The resolved mount point, created (with parents) when it is missing."""
+    dst = resolve_in(root, path)
+    if os.path.lexists(dst):
+        return dst
+    try:
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        if directory:
+            os.mkdir(dst)
+        else:
+            open(dst, "w").close()
+    except OSError as e:
+        if e.errno == errno.EROFS:
+            raise MountError(f"cannot {what}: `{path}` does not exist in the sandbox and its parent "
+                             "is read-only", hint="use a destination that exists on the host, or one "
+                             "under /tmp, /run or a --tmpfs") from None
+        raise MountError(f"cannot {what}: cannot create `{path}`: {e.strerror}") from None
+    return dst
+
+
+def _mount(src: str | None, dst: str, fstype: str | None, flags: int, data: str | None = None,
+           *, what: str) -> None:
+    try:
+        sc.mount(src, dst, fstype, flags, data)
+    except OSError as e:
+        raise MountError(f"cannot {what}: {e.strerror}") from None
+
+
+# Flags a remount must keep: the kernel refuses (EPERM) to clear a flag that was locked
+# when the mount came into our user namespace (mount_namespaces(7), "locked mounts").
+_STATVFS_TO_MS = ((os.ST_NOSUID, sc.MS_NOSUID), (os.ST_NODEV, sc.MS_NODEV), (os.ST_NOEXEC, sc.MS_NOEXEC),
+                  (os.ST_NOATIME, sc.MS_NOATIME), (os.ST_NODIRATIME, sc.MS_NODIRATIME),
+                  (os.ST_RELATIME, sc.MS_RELATIME))
+
+
+def make_readonly(path: str, oldroot: str) -> None:
+    """Make `path` and every mount below it read-only.
+
+    `oldroot` is where the host's /proc is: the workspace init runs in has none.
+    """
+    try:
+        sc.make_readonly_recursive(path)
+        return
+    except OSError as e:
+        if e.errno != errno.ENOSYS:
+            raise MountError(f"cannot make `{path}` read-only: {e.strerror}") from None
+    # Kernels before 5.12 (RHEL 8, Debian 11) have no mount_setattr: remount one by one.
+    for mountpoint in submounts(path, f"{oldroot}/proc/self/mountinfo"):
+        try:
+            flags = os.statvfs(mountpoint).f_flag
+        except OSError:
+            continue  # hidden under another mount: not reachable, nothing to protect
+        keep = 0
+        for st, ms in _STATVFS_TO_MS:
+            if flags & st:
+                keep |= ms
+        try:
+            sc.mount(None, mountpoint, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | keep)
+        except OSError as e:
+            if e.errno not in (errno.ENOENT, errno.EACCES):
+                raise MountError(f"cannot make `{mountpoint}` read-only: {e.strerror}") from None
+
+
+def submounts(path: str, mountinfo: str) -> list[str]:
+    with open(mountinfo) as f:
+        return mountpoints_under(f.read(), path)
+
+
+def mountpoints_under(text: str, path: str) -> list[str]:
+    """Mount points at or below `path` from mountinfo text, parents first (pure)."""
+    found = []
+    for line in text.splitlines():
+        fields = line.split(" ")
+        if len(fields) < 5:
+            continue
+        point = _unescape(fields[4])
+        if point == path or point.startswith(path.rstrip("/") + "/"):
+            found.append(point)
+    return found
+
+
+def _unescape(field: str) -> str:
+    # mountinfo escapes space, tab, newline and backslash as \ooo octal (proc(5)).
+    for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
+        field = field.replace(code, char)
+    return field

@@ -1,0 +1,167 @@
+"""The command-line options: one table for parsing, `--help`, the man-page test and
+shell completion.
+
+Runs in: parent.
+
+Why not argparse: it costs about 8 ms to import (re, gettext), a third of rbox's start-up
+budget, and rbox needs usage errors to exit 125 anyway (see rbox(1), EXIT STATUS).
+mkosi's sandbox hand-parses its argv for the same reason. The table below is the single
+definition of every option; tests/unit/test_manpage.py checks man/rbox.1 against it.
+"""
+
+from __future__ import annotations
+
+from rootless.errors import SpecError
+
+
+class Opt:
+    __slots__ = ("names", "metavar", "dest", "kind", "choices", "help")
+
+    def __init__(self, names: tuple[str, ...], dest: str, help: str, metavar: str | None = None,
+                 kind: str = "flag", choices: tuple[str, ...] = ()):
+        self.names, self.dest, self.help = names, dest, help
+        self.metavar, self.kind, self.choices = metavar, kind, choices
+
+    @property
+    def takes_value(self) -> bool:
+        return self.kind != "flag"
+
+
+# kind: flag (True when given), value (last one wins), append (every one, in order, kept
+# together with other "mount" options so that their relative order is preserved).
+SANDBOX_OPTIONS = (
+    Opt(("--root", "--fakeroot"), "root",
+        "be uid and gid 0 inside, with your subordinate ids mapped from 1 up"),
+    Opt(("--net",), "net", "network: `none` (loopback only, the default) or `host`",
+        metavar="MODE", kind="value", choices=("none", "host")),
+    Opt(("--bind",), "mounts", "bind host path SRC read-write at DST (default: the same path)",
+        metavar="SRC[:DST]", kind="append"),
+    Opt(("--ro-bind",), "mounts", "bind host path SRC read-only at DST (default: the same path)",
+        metavar="SRC[:DST]", kind="append"),
+    Opt(("--tmpfs",), "mounts", "mount an empty, writable tmpfs at DST", metavar="DST", kind="append"),
+    Opt(("--hide",), "mounts", "make PATH appear empty (a directory) or as /dev/null (a file)",
+        metavar="PATH", kind="append"),
+    Opt(("--home",), "home", "your home directory: `ro` (default), `rw` or `tmpfs` (empty)",
+        metavar="MODE", kind="value", choices=("ro", "rw", "tmpfs")),
+    Opt(("-w", "--workdir"), "workdir", "working directory inside (default: the current one)",
+        metavar="DIR", kind="value"),
+    Opt(("--hostname",), "hostname", "host name inside (default: rbox)", metavar="NAME", kind="value"),
+    Opt(("-e", "--env"), "env", "set K to V inside; `-e K` copies K from rbox's environment",
+        metavar="K=V", kind="append"),
+    Opt(("--unsetenv",), "unsetenv", "remove K from the environment", metavar="K", kind="append"),
+    Opt(("--clearenv",), "clearenv", "start from an empty environment (then apply -e)"),
+    Opt(("--dry-run",), "dry_run", "print the id maps and the mount plan, run nothing"),
+    Opt(("--debug",), "debug", "print every setup step; tracebacks for rbox's own errors"),
+    Opt(("-h", "--help"), "help", "show this help and exit"),
+)
+
+GLOBAL_OPTIONS = (
+    Opt(("-h", "--help"), "help", "show this help and exit"),
+    Opt(("--version",), "version", "print rbox's version and exit"),
+    Opt(("--debug",), "debug", "print every setup step; tracebacks for rbox's own errors"),
+)
+
+COMMANDS = {
+    "run": ("[OPTIONS] [--] COMMAND [ARG...]", "Run COMMAND in a new sandbox and exit with its exit code."),
+    "sh": ("[OPTIONS]", "Run your login shell (from the password database) in a new sandbox."),
+}
+
+
+class Parsed:
+    __slots__ = ("command", "values", "args")
+
+    def __init__(self, command: str | None, values: dict[str, object], args: list[str]):
+        self.command, self.values, self.args = command, values, args
+
+
+def options_for(command: str | None) -> tuple[Opt, ...]:
+    return GLOBAL_OPTIONS if command is None else SANDBOX_OPTIONS
+
+
+def parse(argv: list[str]) -> Parsed:
+    """`rbox [GLOBAL] COMMAND [OPTIONS] [--] [ARGS]` -> Parsed. Raises SpecError."""
+    values: dict[str, object] = {}
+    rest = _parse_options(argv, GLOBAL_OPTIONS, values, None)
+    if values.get("help") or values.get("version"):
+        return Parsed(None, values, [])
+    if not rest:
+        raise SpecError("no command given", hint="try `rbox run -- COMMAND`, `rbox sh` or `rbox --help`")
+    command, rest = rest[0], rest[1:]
+    if command not in COMMANDS:
+        raise SpecError(f"unknown command `{command}`", hint="the commands are: " + ", ".join(COMMANDS))
+    args = _parse_options(rest, SANDBOX_OPTIONS, values, command)
+    return Parsed(command, values, args)
+
+
+def _parse_options(argv: list[str], table: tuple[Opt, ...], values: dict[str, object],
+                   command: str | None) -> list[str]:
+    """Consume options from the front of argv; return what follows them.
+
+    Options end at `--`, at the first word that is not an option (so `rbox run ls -l`
+    passes `-l` to ls), or at the command name for the global options.
+    """
+    by_name = {name: opt for opt in table for name in opt.names}
+    where = f"rbox {command}" if command else "rbox"
+    i = 0
+    while i < len(argv):
+        word = argv[i]
+        if word == "--":
+            return argv[i + 1:]
+        if not word.startswith("-") or word == "-":
+            return argv[i:]
+        name, value = _split(word, by_name)
+        opt = by_name.get(name)
+        if opt is None:
+            raise SpecError(f"unknown option `{name}` for `{where}`", hint=f"see `{where} --help`")
+        if opt.takes_value and value is None:
+            i += 1
+            if i >= len(argv):
+                raise SpecError(f"option `{name}` needs a value ({opt.metavar})")
+            value = argv[i]
+        elif not opt.takes_value and value is not None:
+            raise SpecError(f"option `{name}` takes no value")
+        _store(opt, name, value, values)
+        i += 1
+    return []
+
+
+def _split(word: str, by_name: dict[str, Opt]) -> tuple[str, str | None]:
+    if word.startswith("--"):
+        name, sep, value = word.partition("=")
+        return name, (value if sep else None)
+    # Short options: `-w DIR`, `-wDIR`, `-e K=V`, `-eK=V`.
+    name = word[:2]
+    if len(word) > 2 and name in by_name and by_name[name].takes_value:
+        return name, word[2:]
+    return word, None
+
+
+def _store(opt: Opt, name: str, value: str | None, values: dict[str, object]) -> None:
+    if opt.choices and value not in opt.choices:
+        raise SpecError(f"invalid value `{value}` for `{name}`", hint="choose one of: " + ", ".join(opt.choices))
+    if opt.kind == "flag":
+        values[opt.dest] = True
+    elif opt.kind == "value":
+        values[opt.dest] = value
+    else:
+        entries = values.setdefault(opt.dest, [])
+        assert isinstance(entries, list)
+        entries.append((opt.names[-1], value))
+
+
+def help_text(command: str | None) -> str:
+    if command is None:
+        lines = ["usage: rbox [--debug] COMMAND [OPTIONS] ...", "",
+                 "A rootless sandbox: user, PID, mount, UTS, IPC and network namespaces.", "",
+                 "commands:"]
+        lines += [f"  {name:<6}{text}" for name, (_, text) in COMMANDS.items()]
+        lines += ["", "options:"]
+    else:
+        usage, text = COMMANDS[command]
+        lines = [f"usage: rbox {command} {usage}", "", text, "", "options:"]
+    for opt in options_for(command):
+        head = ", ".join(opt.names) + (f" {opt.metavar}" if opt.metavar else "")
+        lines.append(f"  {head:<24} {opt.help}" if len(head) < 24 else f"  {head}\n  {'':<24} {opt.help}")
+    lines += ["", "Exit status: the command's own; 125 rbox failed, 126 cannot execute, 127 not found,",
+              "128+N killed by signal N. See rbox(1)."]
+    return "\n".join(lines) + "\n"

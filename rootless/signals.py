@@ -1,0 +1,63 @@
+"""Which signals reach the command, and a signalfd for the parent.
+
+Runs in: parent (signalfd), init and payload (the sets and masks).
+
+The parent blocks the forwarded signals before it forks, so stage-1 and init start with
+them blocked too: stage-1 never reacts to them (it only waits for init), init takes them
+with sigwaitinfo(). The parent reads them from a signalfd, which, unlike a Python signal
+handler, tells who sent a signal: one the terminal sent (si_code SI_KERNEL) to a
+foreground group the command shares has already reached the command, and is not sent a
+second time.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import signal
+import struct
+
+from rootless.syscalls import libc
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+             signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+TERMINATING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+SI_KERNEL = 0x80
+SFD_CLOEXEC = 0o2000000
+
+
+
+def block(signals: tuple[int, ...]) -> None:
+    signal.pthread_sigmask(signal.SIG_BLOCK, signals)
+
+
+def reset_for_exec() -> None:
+    """Default dispositions and an empty mask: exec keeps both, and the command must not
+    start with SIGINT ignored or SIGTERM blocked."""
+    for sig in range(1, signal.NSIG):
+        if sig in (signal.SIGKILL, signal.SIGSTOP):
+            continue
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (OSError, ValueError):
+            pass
+    signal.pthread_sigmask(signal.SIG_SETMASK, ())
+
+
+def signalfd(signals: tuple[int, ...]) -> int:
+    mask = bytearray(128)                       # glibc's sigset_t: 1024 bits
+    for sig in signals:
+        mask[(sig - 1) // 8] |= 1 << ((sig - 1) % 8)
+    buf = (ctypes.c_char * 128).from_buffer(mask)
+    fd = libc.signalfd(-1, buf, SFD_CLOEXEC)
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), "signalfd")
+    return int(fd)
+
+
+def read_signalfd(fd: int) -> tuple[int, int]:
+    """(signal number, si_code) of one pending signal (struct signalfd_siginfo)."""
+    data = os.read(fd, 128)
+    signo, _errno, code = struct.unpack_from("Iii", data)
+    return signo, code

@@ -1,0 +1,136 @@
+"""What the user asked for, validated before anything starts.
+
+Runs in: parent (the forked children read the same object).
+
+Every check that can be made on the host is made here, so a bad option gives one clear
+error and exit 125 before any namespace exists (bwrap's block of `die("--x requires
+--y")`). Checks that depend on the sandbox's own tree (a bind destination that cannot be
+created) happen in init and come back to the parent as an ERROR message.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+
+from rootless.errors import SpecError
+from rootless.options import Parsed
+
+HOSTNAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.")
+
+
+class UserMount:
+    """One of --bind, --ro-bind, --tmpfs, --hide, in the order given."""
+
+    __slots__ = ("kind", "src", "dst")
+
+    def __init__(self, kind: str, src: str | None, dst: str):
+        self.kind, self.src, self.dst = kind, src, dst
+
+
+class Spec:
+    __slots__ = ("command", "root", "net", "mounts", "home_mode", "workdir", "hostname", "env",
+                 "dry_run", "debug", "uid", "gid", "user", "home", "cwd", "tty")
+
+    def __init__(self, **kw: object):
+        for name in self.__slots__:
+            setattr(self, name, kw[name])
+
+
+def from_parsed(parsed: Parsed, environ: dict[str, str], cwd: str, tty: bool) -> Spec:
+    v = parsed.values
+    uid, gid = os.getuid(), os.getgid()
+    try:
+        pw = pwd.getpwuid(uid)
+        user, home, shell = pw.pw_name, pw.pw_dir, pw.pw_shell
+    except KeyError:
+        user, home, shell = str(uid), environ.get("HOME", "/"), ""
+    return Spec(
+        command=_command(parsed, shell),
+        root=bool(v.get("root")),
+        net=str(v.get("net") or "none"),
+        mounts=[_user_mount(kind, value, cwd) for kind, value in _list(v, "mounts")],
+        home_mode=str(v.get("home") or "ro"),
+        workdir=_workdir(v.get("workdir"), cwd),
+        hostname=_hostname(str(v.get("hostname") or "rbox")),
+        env=_environment(v, environ),
+        dry_run=bool(v.get("dry_run")),
+        debug=bool(v.get("debug")),
+        uid=uid, gid=gid, user=user, home=os.path.normpath(home), cwd=cwd, tty=tty,
+    )
+
+
+def _list(values: dict[str, object], key: str) -> list[tuple[str, str]]:
+    entries = values.get(key) or []
+    assert isinstance(entries, list)
+    return entries
+
+
+def _command(parsed: Parsed, shell: str) -> list[str]:
+    if parsed.command == "sh":
+        if parsed.args:
+            raise SpecError("`rbox sh` takes no command", hint="use `rbox run -- COMMAND ...` to run a command")
+        return [shell or "/bin/sh"]
+    if not parsed.args:
+        raise SpecError("`rbox run` needs a COMMAND",
+                        hint="for example `rbox run -- id`, or `rbox sh` for a shell")
+    return parsed.args
+
+
+def _absolute(path: str, cwd: str, what: str) -> str:
+    if not path:
+        raise SpecError(f"empty path given to {what}")
+    return os.path.normpath(os.path.join(cwd, path))
+
+
+def _user_mount(kind: str, value: str, cwd: str) -> UserMount:
+    if kind in ("--tmpfs", "--hide"):
+        dst = _absolute(value, cwd, kind)
+        _not_root(dst, kind)
+        return UserMount(kind, None, dst)
+    src_text, sep, dst_text = value.partition(":")
+    src = _absolute(src_text, cwd, kind)
+    try:
+        os.stat(src)
+    except OSError as e:
+        raise SpecError(f"cannot bind `{src}`: {e.strerror}",
+                        hint=f"the source of {kind} SRC[:DST] must exist on the host") from None
+    if sep and not dst_text.startswith("/"):
+        raise SpecError(f"the destination of {kind} must be an absolute path, not `{dst_text}`")
+    dst = os.path.normpath(dst_text) if sep else src
+    _not_root(dst, kind)
+    # Resolve symlinks on the host side now; the destination is resolved inside the
+    # sandbox's tree by init (mounts.resolve_in), never against the host's root.
+    return UserMount(kind, os.path.realpath(src), dst)
+
+
+def _not_root(dst: str, kind: str) -> None:
+    if dst == "/":
+        raise SpecError(f"{kind} cannot replace the sandbox's `/`")
+
+
+def _workdir(value: object, cwd: str) -> str:
+    return cwd if value is None else _absolute(str(value), cwd, "--workdir")
+
+
+def _hostname(name: str) -> str:
+    # sethostname(2) takes at most 64 bytes; RFC 1123 labels keep prompts and logs sane.
+    if not (0 < len(name) <= 64) or not set(name) <= HOSTNAME_CHARS or name[0] in "-.":
+        raise SpecError(f"invalid host name `{name}`",
+                        hint="use up to 64 letters, digits, `-` and `.`, not starting with `-` or `.`")
+    return name
+
+
+def _environment(v: dict[str, object], environ: dict[str, str]) -> dict[str, str]:
+    env = {} if v.get("clearenv") else dict(environ)
+    for _, key in _list(v, "unsetenv"):
+        env.pop(key, None)
+    for _, item in _list(v, "env"):
+        key, sep, value = item.partition("=")
+        if not key:
+            raise SpecError(f"invalid environment setting `{item}`", hint="use -e KEY=VALUE or -e KEY")
+        if sep:
+            env[key] = value
+        elif key in environ:
+            env[key] = environ[key]
+    return env

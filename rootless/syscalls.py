@@ -1,0 +1,142 @@
+"""The system calls Python 3.11 lacks, and process controls.
+
+Runs in: stage-1 and init (the parent only uses `prctl` helpers).
+
+This is the only module that uses ctypes. libc is loaded once with use_errno=True and
+every wrapper raises OSError(errno, strerror, path) through `oserror()`, so errno is never
+lost (udocker's `os.strerror(-1)` is the counter-example). Kernel constants keep their
+kernel names. Process controls (PDEATHSIG, NO_NEW_PRIVS, the capability bounding set) go
+through python-prctl's C module `_prctl`; its pure-Python wrapper `prctl` costs 4 ms to
+import, which rbox does not spend on its start-up path.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+
+import _prctl
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWCGROUP = 0x02000000
+CLONE_NEWUTS = 0x04000000
+CLONE_NEWIPC = 0x08000000
+CLONE_NEWUSER = 0x10000000
+CLONE_NEWPID = 0x20000000
+CLONE_NEWNET = 0x40000000
+
+MS_RDONLY = 0x1
+MS_NOSUID = 0x2
+MS_NODEV = 0x4
+MS_NOEXEC = 0x8
+MS_REMOUNT = 0x20
+MS_NOATIME = 0x400
+MS_NODIRATIME = 0x800
+MS_BIND = 0x1000
+MS_REC = 0x4000
+MS_PRIVATE = 0x40000
+MS_SLAVE = 0x80000
+MS_RELATIME = 0x200000
+MS_STRICTATIME = 0x1000000
+
+MNT_DETACH = 0x2
+
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+MOUNT_ATTR_RDONLY = 0x1
+
+# System call numbers without a glibc wrapper. mount_setattr (5.12) came after the
+# unification of new syscall numbers across architectures (424 and up), so it is 442
+# everywhere; pivot_root is older and differs per architecture.
+SYS_MOUNT_SETATTR = 442
+SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+
+_libc = ctypes.CDLL(None, use_errno=True)
+libc = _libc  # shared with net/loopback.py and signals.py: one handle, one errno discipline
+_libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p)
+_libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
+_libc.unshare.argtypes = (ctypes.c_int,)
+_libc.sethostname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
+_libc.syscall.restype = ctypes.c_long
+
+
+class _MountAttr(ctypes.Structure):
+    _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64),
+                ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
+
+
+def oserror(call: str, path: str | None = None) -> OSError:
+    err = ctypes.get_errno()
+    exc = OSError(err, os.strerror(err), path)
+    exc.call = call  # type: ignore[attr-defined]
+    return exc
+
+
+def _b(s: str | None) -> bytes | None:
+    return None if s is None else os.fsencode(s)
+
+
+def unshare(flags: int) -> None:
+    if _libc.unshare(flags) < 0:
+        raise oserror("unshare")
+
+
+def mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
+    if _libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)) < 0:
+        raise oserror("mount", target)
+
+
+def umount2(target: str, flags: int) -> None:
+    if _libc.umount2(_b(target), flags) < 0:
+        raise oserror("umount2", target)
+
+
+def pivot_root(new_root: str, put_old: str) -> None:
+    nr = SYS_PIVOT_ROOT.get(os.uname().machine)
+    if nr is None:
+        raise OSError(38, f"pivot_root: unknown system call number on {os.uname().machine}")
+    if _libc.syscall(nr, _b(new_root), _b(put_old)) < 0:
+        raise oserror("pivot_root", new_root)
+
+
+def make_readonly_recursive(path: str) -> None:
+    """mount_setattr(MOUNT_ATTR_RDONLY, AT_RECURSIVE): one call for a whole tree (5.12+).
+
+    Raises OSError(ENOSYS) on older kernels; the caller then remounts mount by mount.
+    """
+    attr = _MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)
+    if os.environ.get("RBOX_TEST_NO_MOUNT_SETATTR") == "1":
+        # Lets the integration suite exercise the pre-5.12 fallback on a new kernel.
+        raise OSError(38, os.strerror(38), path)
+    rc = _libc.syscall(SYS_MOUNT_SETATTR, AT_FDCWD, _b(path), AT_RECURSIVE,
+                       ctypes.byref(attr), ctypes.sizeof(attr))
+    if rc < 0:
+        raise oserror("mount_setattr", path)
+
+
+def sethostname(name: str) -> None:
+    raw = name.encode()
+    if _libc.sethostname(raw, len(raw)) < 0:
+        raise oserror("sethostname")
+
+
+# --- process controls (prctl(2)) -------------------------------------------------------
+
+def set_pdeathsig(sig: int) -> None:
+    _prctl.prctl(_prctl.PR_SET_PDEATHSIG, sig)
+
+
+def set_no_new_privs() -> None:
+    _prctl.prctl(_prctl.PR_SET_NO_NEW_PRIVS, 1)
+
+
+def set_dumpable(on: bool) -> None:
+    _prctl.prctl(_prctl.PR_SET_DUMPABLE, 1 if on else 0)
+
+
+def drop_bounding_set() -> None:
+    """Drop every capability from the bounding set (needs CAP_SETPCAP in our user ns)."""
+    with open("/proc/sys/kernel/cap_last_cap") as f:
+        last = int(f.read())
+    for cap in range(last + 1):
+        _prctl.prctl(_prctl.PR_CAPBSET_DROP, cap)

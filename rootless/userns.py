@@ -1,0 +1,217 @@
+"""Subordinate ids and the user-namespace id maps.
+
+Runs in: parent (the maps of a child's user namespace are written from outside it).
+
+Pure parts (`parse_subids`, `build_map`, `helper_argv`, `plan_idmap`) take text and
+numbers and are unit-tested; `apply_idmap` runs the setuid helpers newgidmap and
+newuidmap against stage-1's pid, or writes a single-id map itself when that is all the
+host allows (user_namespaces(7): an unprivileged writer may map only its own id, after
+writing `deny` to /proc/PID/setgroups).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import time
+
+from rootless import log
+from rootless.errors import NamespaceError
+
+Range = tuple[int, int]              # (first outer id, count)
+Extent = tuple[int, int, int]        # (inner id, outer id, count), as in /proc/PID/uid_map
+
+SUBUID = "/etc/subuid"
+SUBGID = "/etc/subgid"
+HELPER_TIMEOUT = 10.0
+
+
+def parse_subids(text: str, name: str, numeric_id: int) -> list[Range]:
+    """Ranges for one user from subuid(5)/subgid(5) text, in file order.
+
+    A line is `owner:first:count`; owner is a login name or a numeric id (shadow accepts
+    both). Comments, blank lines, malformed lines and empty ranges are skipped, as
+    newuidmap itself skips them.
+    """
+    ranges = []
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        fields = line.split(":")
+        if len(fields) != 3 or fields[0] not in (name, str(numeric_id)):
+            continue
+        try:
+            first, count = int(fields[1]), int(fields[2])
+        except ValueError:
+            continue
+        if first >= 0 and count > 0:
+            ranges.append((first, count))
+    return ranges
+
+
+def read_subids(path: str, name: str, numeric_id: int) -> list[Range]:
+    try:
+        with open(path) as f:
+            return parse_subids(f.read(), name, numeric_id)
+    except FileNotFoundError:
+        return []
+
+
+def build_map(own: int, ranges: list[Range], root: bool) -> list[Extent]:
+    """The id map for one kind of id (uid or gid).
+
+    root: the caller is inner 0 and the subordinate ranges follow from inner 1 up, so
+    `chown` to any other id works (podman's default rootless layout).
+    Otherwise the caller keeps its own id inside, and the subordinate ranges fill the
+    inner ids around it from 0 up (podman's `keep-id` layout). Either way inner ids stay
+    contiguous across several ranges, never overlapping (udocker's bug was to start every
+    range at inner 1).
+    """
+    if root:
+        extents = [(0, own, 1)]
+        inner = 1
+        for first, count in ranges:
+            extents.append((inner, first, count))
+            inner += count
+        return extents
+    extents = [(own, own, 1)]
+    inner = 0
+    for first, count in ranges:
+        if inner <= own < inner + count:
+            below = own - inner
+            if below:
+                extents.append((inner, first, below))
+            inner, first, count = own + 1, first + below, count - below
+        if count:
+            extents.append((inner, first, count))
+            inner += count
+    return sorted(extents)
+
+
+def helper_argv(tool: str, pid: int, extents: list[Extent]) -> list[str]:
+    argv = [tool, str(pid)]
+    for extent in extents:
+        argv.extend(str(n) for n in extent)
+    return argv
+
+
+class IdMapPlan:
+    """How the parent will map stage-1's user namespace."""
+
+    __slots__ = ("mode", "uid_map", "gid_map", "reason", "newuidmap", "newgidmap")
+
+    def __init__(self, mode: str, uid_map: list[Extent], gid_map: list[Extent],
+                 reason: str = "", newuidmap: str = "", newgidmap: str = ""):
+        self.mode, self.uid_map, self.gid_map, self.reason = mode, uid_map, gid_map, reason
+        self.newuidmap, self.newgidmap = newuidmap, newgidmap
+
+    def describe(self) -> list[str]:
+        lines = [f"id map ({self.mode}{': ' + self.reason if self.reason else ''})"]
+        lines += [f"uid {i} -> {o} x{c}" for i, o, c in self.uid_map]
+        lines += [f"gid {i} -> {o} x{c}" for i, o, c in self.gid_map]
+        return lines
+
+
+def which(name: str, path: str | None) -> str | None:
+    for d in (path or os.defpath).split(os.pathsep):
+        candidate = os.path.join(d or ".", name)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def no_new_privs_set(status_path: str = "/proc/self/status") -> bool:
+    with open(status_path) as f:
+        for line in f:
+            if line.startswith("NoNewPrivs:"):
+                return line.split()[1] == "1"
+    return False
+
+
+def plan_idmap(root: bool, uid: int, gid: int, name: str, path: str | None,
+               nnp: bool, subuid: str = SUBUID, subgid: str = SUBGID) -> IdMapPlan:
+    """Choose subordinate-range maps through the helpers, or the single-id fallback."""
+    single = IdMapPlan("single", [(0 if root else uid, uid, 1)], [(0 if root else gid, gid, 1)])
+    uranges = read_subids(subuid, name, uid)
+    # subgid(5) lines are owned by a user (name or uid), like subuid(5) lines.
+    granges = read_subids(subgid, name, uid)
+    newuidmap, newgidmap = which("newuidmap", path), which("newgidmap", path)
+    if not uranges:
+        single.reason = f"no subordinate uid range for `{name}` in {subuid}"
+    elif not granges:
+        single.reason = f"no subordinate gid range for `{name}` in {subgid}"
+    elif not (newuidmap and newgidmap):
+        single.reason = "newuidmap/newgidmap not found on PATH (Debian package `uidmap`)"
+    elif nnp:
+        # Setuid helpers gain nothing under no_new_privs (prctl(2)); rootlesskit hangs
+        # here (rootlesskit#551), rbox says so and maps the one id it may map itself.
+        single.reason = "no_new_privs is set on this session, so newuidmap cannot work"
+    if single.reason:
+        return single
+    return IdMapPlan("subid", build_map(uid, uranges, root), build_map(gid, granges, root),
+                     newuidmap=newuidmap or "", newgidmap=newgidmap or "")
+
+
+def apply_idmap(plan: IdMapPlan, pid: int) -> None:
+    """Map stage-1's user namespace. newgidmap before newuidmap, as crun does."""
+    if plan.mode == "subid":
+        run_helper(helper_argv(plan.newgidmap, pid, plan.gid_map))
+        run_helper(helper_argv(plan.newuidmap, pid, plan.uid_map))
+        return
+    # setgroups must be `deny` before an unprivileged gid_map write (Linux 3.19+,
+    # CVE-2014-8989); files written by the namespace's creator, from the parent namespace.
+    for name, text in (("setgroups", "deny"), ("uid_map", _map_text(plan.uid_map)),
+                       ("gid_map", _map_text(plan.gid_map))):
+        log.step(f"write /proc/{pid}/{name}: {text.strip()}")
+        try:
+            with open(f"/proc/{pid}/{name}", "w") as f:
+                f.write(text)
+        except OSError as e:
+            raise NamespaceError(f"cannot write `/proc/{pid}/{name}`: {e.strerror}",
+                                 hint="see rbox(1), HOST SETUP") from None
+
+
+def _map_text(extents: list[Extent]) -> str:
+    return "".join(f"{i} {o} {c}\n" for i, o, c in extents)
+
+
+def run_helper(argv: list[str]) -> None:
+    """Run a setuid helper; its stderr becomes the error. Never hangs (HELPER_TIMEOUT)."""
+    log.step(" ".join(argv))
+    r, w = os.pipe()
+    try:
+        pid = os.posix_spawn(argv[0], argv, os.environ,
+                             file_actions=[(os.POSIX_SPAWN_DUP2, w, 1), (os.POSIX_SPAWN_DUP2, w, 2)])
+    except OSError as e:
+        os.close(r)
+        os.close(w)
+        raise NamespaceError(f"cannot run `{argv[0]}`: {e.strerror}") from None
+    os.close(w)
+    output, finished = _read_until_eof(r, time.monotonic() + HELPER_TIMEOUT)
+    os.close(r)
+    if not finished:
+        os.kill(pid, 9)
+    _, status = os.waitpid(pid, 0)
+    tool = os.path.basename(argv[0])
+    if not finished:
+        raise NamespaceError(f"`{tool}` did not finish within {HELPER_TIMEOUT:g} s")
+    if status != 0:
+        text = " ".join(output.decode(errors="replace").split()) or f"exit status {status >> 8}"
+        raise NamespaceError(f"`{' '.join(argv)}` failed: {text}",
+                             hint=f"`{tool}` must be setuid root and your ranges in /etc/sub[ug]id "
+                                  "must be valid; see rbox(1), HOST SETUP")
+
+
+def _read_until_eof(fd: int, deadline: float) -> tuple[bytes, bool]:
+    poller = select.poll()
+    poller.register(fd, select.POLLIN | select.POLLHUP)
+    out = b""
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0 or not poller.poll(left * 1000):
+            return out, False
+        chunk = os.read(fd, 4096)
+        if not chunk:
+            return out, True
+        out += chunk
