@@ -1,0 +1,90 @@
+"""Test-suite rules.
+
+- Never as root: root would hide every rootless bug. RBOX_TEST_AS_ROOT=1 overrides.
+- Integration tests declare what the host must offer with markers (needs_userns,
+  needs_subuid). A missing capability skips the test with its reason (shown by -ra), unless
+  RBOX_TEST_REQUIRE names it: CI sets that, so on CI a missing capability fails instead
+  of quietly skipping (a skip reported as a pass is a defect).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import pwd
+import subprocess
+import sys
+
+import pytest
+
+REQUIRED = {name for name in os.environ.get("RBOX_TEST_REQUIRE", "").split(",") if name}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if os.geteuid() == 0 and os.environ.get("RBOX_TEST_AS_ROOT") != "1":
+        pytest.exit("run the tests as an unprivileged user (root hides rootless bugs); "
+                    "RBOX_TEST_AS_ROOT=1 overrides", returncode=4)
+
+
+@functools.lru_cache(maxsize=None)
+def probe(name: str) -> str | None:
+    """None when the host offers `name`, else the reason it does not."""
+    if name == "userns":
+        # Fork-free for the runner: a child interpreter tries unshare(CLONE_NEWUSER).
+        code = "from rootless import syscalls as s; s.unshare(s.CLONE_NEWUSER)"
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+        return None if r.returncode == 0 else f"unprivileged user namespaces unavailable: {r.stderr.strip()[-200:]}"
+    if name == "subuid":
+        from rootless import userns
+
+        user = pwd.getpwuid(os.getuid()).pw_name
+        if not userns.read_subids(userns.SUBUID, user, os.getuid()):
+            return f"no subordinate uid range for {user} in /etc/subuid"
+        if not userns.which("newuidmap", os.environ.get("PATH")):
+            return "newuidmap not on PATH"
+        return None
+    if name == "install":
+        from tests.integration.helpers import RBOX_SCRIPT
+
+        return None if os.path.exists(RBOX_SCRIPT) else f"rbox is not installed beside {sys.executable} (pip install -e .)"
+    if name == "nosubid":
+        from rootless import userns
+
+        user = pwd.getpwuid(os.getuid()).pw_name
+        if userns.read_subids(userns.SUBUID, user, os.getuid()):
+            return f"{user} has a subordinate uid range (run these as a user without one)"
+        return None
+    raise ValueError(name)
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    for marker in item.iter_markers():
+        if not marker.name.startswith("needs_") and marker.name != "nosubid":
+            continue
+        feature = marker.name.removeprefix("needs_")
+        reason = probe(feature)
+        if reason is None:
+            continue
+        if feature in REQUIRED:
+            pytest.fail(f"{feature} is required here (RBOX_TEST_REQUIRE) but missing: {reason}")
+        pytest.skip(reason)
+
+
+@pytest.fixture
+def spawn():
+    """start_rbox() whose processes are SIGKILLed at teardown, whatever the test did:
+    a failing assertion must not leave a sandbox running."""
+    from tests.integration.helpers import start_rbox
+
+    started = []
+
+    def _spawn(*args, **kw):
+        proc = start_rbox(*args, **kw)
+        started.append(proc)
+        return proc
+
+    yield _spawn
+    for proc in started:
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=30)

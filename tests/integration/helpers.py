@@ -1,0 +1,97 @@
+"""Running rbox as a black box, and watching the processes it leaves.
+
+Runs in: the test runner. rbox runs as a child interpreter (`python -m rootless`, the
+same code as the `rbox` script), never inside the runner's own process: the runner's
+namespaces, signal mask and prctl state stay untouched.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+PAYLOAD = str(Path(__file__).with_name("payload.py"))
+RBOX = [sys.executable, "-m", "rootless"]
+RBOX_SCRIPT = os.path.join(os.path.dirname(sys.executable), "rbox")
+TIMEOUT = 60
+
+
+def run_rbox(*args: str, cwd: str | os.PathLike[str] | None = None, env: dict[str, str] | None = None,
+             input: str | None = None, timeout: float = TIMEOUT,
+             wrapper: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    """rbox ARGS (under `wrapper`, e.g. setpriv), stdin from `input` or /dev/null."""
+    return subprocess.run([*wrapper, *RBOX, *args], cwd=cwd, env=_env(env), input=input, capture_output=True,
+                          text=True, timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL)
+
+
+def start_rbox(*args: str, cwd: str | os.PathLike[str] | None = None,
+               env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([*RBOX, *args], cwd=cwd, env=_env(env), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _env(extra: dict[str, str] | None) -> dict[str, str]:
+    env = dict(os.environ)
+    # The child interpreter must import this checkout's rootless, installed or not.
+    root = str(Path(__file__).resolve().parents[2])
+    env["PYTHONPATH"] = root + os.pathsep + env.get("PYTHONPATH", "")
+    env.update(extra or {})
+    return env
+
+
+def py(*code: str) -> list[str]:
+    """A payload command: the multi-tool in payload.py (see its docstring)."""
+    return ["--", sys.executable, PAYLOAD, *code]
+
+
+def live_processes() -> dict[int, str]:
+    """pid -> cmdline of every live process of ours (zombies excluded: a zombie has
+    already exited; reaping it is its parent's job, here often the host's PID 1)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                state = f.read().rpartition(")")[2].split()[0]
+            if state in ("Z", "X") or os.stat(f"/proc/{entry}").st_uid != os.getuid():
+                continue
+            with open(f"/proc/{entry}/cmdline", "rb") as f:
+                found[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace")
+        except (OSError, IndexError):
+            continue
+    return found
+
+
+def descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    ppid = int(f.read().rpartition(")")[2].split()[1])
+                children.setdefault(ppid, []).append(int(entry))
+            except (OSError, IndexError, ValueError):
+                continue
+    out, todo = set(), [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.add(child)
+            todo.append(child)
+    return out
+
+
+def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def alive(pid: int) -> bool:
+    return pid in live_processes()

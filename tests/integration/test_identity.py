@@ -1,0 +1,131 @@
+"""Who you are inside: the planned id maps, for real, as an unprivileged user."""
+
+from __future__ import annotations
+
+import os
+import pwd
+import shutil
+import subprocess
+
+import pytest
+
+from rootless import userns
+from tests.integration.helpers import RBOX_SCRIPT, py, run_rbox
+
+pytestmark = pytest.mark.needs_userns
+
+
+def facts(stdout: str) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line)
+
+
+def map_text(extents: list[tuple[int, int, int]]) -> str:
+    return "|".join(f"{i} {o} {c}" for i, o, c in extents)
+
+
+def planned(root: bool) -> userns.IdMapPlan:
+    user = pwd.getpwuid(os.getuid()).pw_name
+    return userns.plan_idmap(root, os.getuid(), os.getgid(), user, os.environ.get("PATH"), False)
+
+
+@pytest.mark.needs_subuid
+@pytest.mark.parametrize("root", [False, True], ids=["own-id", "root"])
+def test_uid_map_is_the_planned_map(root: bool) -> None:
+    r = run_rbox("run", *(["--root"] if root else []), *py("ids"))
+    assert r.returncode == 0, r.stderr
+    f = facts(r.stdout)
+    plan = planned(root)
+    assert plan.mode == "subid"
+    assert f["uid_map"] == map_text(plan.uid_map)
+    assert f["gid_map"] == map_text(plan.gid_map)
+    assert f["uid"] == ("0" if root else str(os.getuid()))
+    assert f["gid"] == ("0" if root else str(os.getgid()))
+    assert f["setgroups"] == "allow"
+    assert "warning" not in r.stderr
+
+
+@pytest.mark.needs_subuid
+@pytest.mark.parametrize("root", [False, True], ids=["own-id", "root"])
+def test_files_created_in_cwd_belong_to_the_caller(tmp_path, root: bool) -> None:
+    r = run_rbox("run", *(["--root"] if root else []), "--", "sh", "-c", "echo hi > made-inside",
+                 cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    st = (tmp_path / "made-inside").stat()
+    assert (st.st_uid, st.st_gid) == (os.getuid(), os.getgid())
+
+
+@pytest.mark.needs_subuid
+def test_root_can_chown_to_subordinate_ids(tmp_path) -> None:
+    r = run_rbox("run", "--root", "--", "sh", "-c", "touch f && chown 1234:55 f", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    plan = planned(True)
+    # Inner 1 is the first subordinate id, so inner 1234 is that plus 1233.
+    first_uid = plan.uid_map[1][1]
+    first_gid = plan.gid_map[1][1]
+    st = (tmp_path / "f").stat()
+    assert (st.st_uid, st.st_gid) == (first_uid + 1233, first_gid + 54)
+
+
+def _path_without_newuidmap(tmp_path) -> str:
+    """A PATH holding only what the tests run: no newuidmap, no newgidmap."""
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    for tool in ("sh", "touch", "id", "cat"):
+        os.symlink(shutil.which(tool), bindir / tool)
+    return str(bindir)
+
+
+@pytest.mark.parametrize("root", [False, True], ids=["own-id", "root"])
+def test_without_helpers_falls_back_to_a_single_id_with_one_warning(tmp_path, root: bool) -> None:
+    path = _path_without_newuidmap(tmp_path)
+    r = run_rbox("run", *(["--root"] if root else []), *py("ids"), env={"PATH": path})
+    assert r.returncode == 0, r.stderr
+    f = facts(r.stdout)
+    inner_uid = 0 if root else os.getuid()
+    inner_gid = 0 if root else os.getgid()
+    assert f["uid_map"] == f"{inner_uid} {os.getuid()} 1"
+    assert f["gid_map"] == f"{inner_gid} {os.getgid()} 1"
+    assert f["setgroups"] == "deny"
+    warnings = [line for line in r.stderr.splitlines() if line]
+    assert warnings == ["rbox: warning: mapping only your own uid and gid (newuidmap/newgidmap not found "
+                        "on PATH (Debian package `uidmap`)); see rbox(1), HOST SETUP"]
+
+
+@pytest.mark.nosubid
+def test_user_without_subordinate_ids_falls_back_with_a_warning(tmp_path) -> None:
+    user = pwd.getpwuid(os.getuid()).pw_name
+    r = run_rbox("run", "--root", *py("ids"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    f = facts(r.stdout)
+    assert f["uid_map"] == f"0 {os.getuid()} 1"
+    assert f["setgroups"] == "deny"
+    assert r.stderr.strip() == (f"rbox: warning: mapping only your own uid and gid (no subordinate uid range "
+                                f"for `{user}` in /etc/subuid); see rbox(1), HOST SETUP")
+
+
+@pytest.mark.nosubid
+def test_user_without_subordinate_ids_still_gets_a_full_sandbox(tmp_path) -> None:
+    r = run_rbox("run", *py("pids", "--", "write", "/usr/rbox-test", "--", "status"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    f = facts(r.stdout)
+    assert f["write"] == "EROFS"
+    assert f["NoNewPrivs"] == "1"
+    assert f["self"] == "2"
+
+
+@pytest.mark.needs_subuid
+def test_no_new_privs_session_falls_back_instead_of_hanging(tmp_path) -> None:
+    setpriv = shutil.which("setpriv")
+    assert setpriv, "setpriv (util-linux) is part of every Debian system"
+    r = run_rbox("run", *py("ids"), cwd=tmp_path, wrapper=(setpriv, "--no-new-privs"))
+    assert r.returncode == 0, r.stderr
+    assert "no_new_privs is set on this session" in r.stderr
+    assert facts(r.stdout)["setgroups"] == "deny"
+
+
+@pytest.mark.needs_install
+def test_the_rbox_console_script_runs(tmp_path) -> None:
+    r = subprocess.run([RBOX_SCRIPT, "run", "--", "id", "-u"], capture_output=True, text=True, timeout=60,
+                       cwd=tmp_path, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(os.getuid())

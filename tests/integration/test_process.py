@@ -1,0 +1,124 @@
+"""PID 1, zombies, orphans, signals, and nothing surviving rbox."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import uuid
+
+import pytest
+
+from tests.integration.helpers import alive, descendants, live_processes, py, run_rbox, wait_until
+from tests.integration.test_identity import facts
+
+pytestmark = pytest.mark.needs_userns
+
+
+def test_command_is_pid_2_and_proc_shows_only_the_sandbox() -> None:
+    r = run_rbox("run", *py("pids"))
+    assert r.returncode == 0, r.stderr
+    f = facts(r.stdout)
+    assert f["self"] == "2"
+    # PID 1 is rbox's init, 2 the command; nothing of the host is visible.
+    assert f["pids"] == "1 2"
+
+
+def test_orphans_are_reaped_by_pid_1() -> None:
+    r = run_rbox("run", *py("orphans", "3", "--", "zombies"))
+    assert r.returncode == 0, r.stderr
+    assert facts(r.stdout)["zombies"] == "none"
+
+
+def test_processes_left_behind_are_killed_when_the_command_exits(tmp_path) -> None:
+    marker = f"{uuid.uuid4().int % 10**6 + 300}.5"  # a sleep argument no one else uses
+    r = run_rbox("run", "--", "sh", "-c", f"sleep {marker} & sleep {marker} & echo started")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "started"
+    assert wait_until(lambda: sleeps(marker) == 0, timeout=5)
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2"])
+def test_signals_to_rbox_reach_the_command(tmp_path, spawn, sig: str) -> None:
+    proc = spawn("run", *py("trap", sig, "got-signal"), cwd=tmp_path)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready=1"
+    proc.send_signal(getattr(signal, sig))
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 7, err
+    assert (tmp_path / "got-signal").read_text() == sig
+
+
+def test_winch_is_forwarded_too(tmp_path, spawn) -> None:
+    proc = spawn("run", *py("trap", "SIGWINCH", "got-signal"), cwd=tmp_path)
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready=1"
+    proc.send_signal(signal.SIGWINCH)
+    proc.communicate(timeout=30)
+    assert (tmp_path / "got-signal").read_text() == "SIGWINCH"
+
+
+def sleeps(marker: str) -> int:
+    return sum(cmd.startswith(f"sleep {marker}") for cmd in live_processes().values())
+
+
+def test_kill_9_of_rbox_leaves_no_process_behind(tmp_path, spawn) -> None:
+    marker = f"{uuid.uuid4().int % 10**6 + 300}.25"
+    proc = spawn("run", "--", "sh", "-c", f"sleep {marker} & sleep {marker}; true", cwd=tmp_path)
+    assert wait_until(lambda: sleeps(marker) == 2, timeout=30)
+    tree = descendants(proc.pid)
+    assert len(tree) >= 4  # stage-1, init, sh, two sleeps
+    proc.kill()
+    proc.wait(timeout=10)
+    assert wait_until(lambda: not any(alive(p) for p in tree), timeout=10), \
+        {p: live_processes().get(p) for p in tree if alive(p)}
+
+
+def test_sigterm_during_setup_leaves_nothing(tmp_path, spawn) -> None:
+    proc = spawn("run", "--", "sleep", "30", cwd=tmp_path)
+    time.sleep(0.005)
+    tree = descendants(proc.pid)
+    proc.terminate()
+    proc.communicate(timeout=30)
+    assert proc.returncode in (143, -15)
+    assert wait_until(lambda: not any(alive(p) for p in tree | descendants(proc.pid)), timeout=10)
+
+
+def test_non_terminal_stdin_gets_a_new_session_without_a_terminal() -> None:
+    r = run_rbox("run", *py("session"))
+    assert r.returncode == 0, r.stderr
+    f = facts(r.stdout)
+    assert f["session_leader"] == "True"
+    # No controlling terminal: nothing to inject keystrokes into (TIOCSTI).
+    assert f["tty"] == "ENXIO"
+
+
+def test_no_new_privs_and_no_capabilities_in_the_default_identity() -> None:
+    r = run_rbox("run", *py("status"))
+    assert r.returncode == 0, r.stderr
+    f = facts(r.stdout)
+    assert f["NoNewPrivs"] == "1"
+    assert int(f["CapEff"], 16) == 0
+    assert int(f["CapPrm"], 16) == 0
+    assert int(f["CapBnd"], 16) == 0
+
+
+def test_no_new_privs_with_root_identity_too() -> None:
+    r = run_rbox("run", "--root", *py("status"))
+    assert r.returncode == 0, r.stderr
+    assert facts(r.stdout)["NoNewPrivs"] == "1"
+
+
+def test_rbox_sh_runs_the_login_shell(tmp_path) -> None:
+    import pwd
+
+    r = run_rbox("sh", input="echo $((6*7)); echo shell=$0\n", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "42"
+    assert lines[1] == "shell=" + (pwd.getpwuid(os.getuid()).pw_shell or "/bin/sh")
+
+
+def test_rbox_sh_exit_status_is_rbox_exit_status(tmp_path) -> None:
+    r = run_rbox("sh", input="exit 3\n", cwd=tmp_path)
+    assert r.returncode == 3, r.stderr

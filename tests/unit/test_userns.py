@@ -1,0 +1,125 @@
+"""Subordinate-id parsing and id-map building: pure functions, plus pyfakefs for the
+default /etc paths."""
+
+from __future__ import annotations
+
+import pytest
+
+from rootless import userns
+
+SUBUID = """\
+# managed by the site
+alice:100000:65536
+bob:165536:65536
+
+1001:231072:1000
+alice:300000:10
+carol:400000
+alice:abc:10
+alice:500000:0
+alice:-5:10
+"""
+
+
+def test_parse_matches_names_and_numeric_ids_in_file_order() -> None:
+    assert userns.parse_subids(SUBUID, "alice", 1000) == [(100000, 65536), (300000, 10)]
+    assert userns.parse_subids(SUBUID, "dave", 1001) == [(231072, 1000)]
+
+
+def test_parse_skips_comments_blanks_malformed_and_empty_ranges() -> None:
+    assert userns.parse_subids(SUBUID, "carol", 1002) == []
+    assert userns.parse_subids("", "alice", 1000) == []
+    assert userns.parse_subids("alice:1:2:3\nalice:1\n", "alice", 1000) == []
+
+
+def test_parse_does_not_match_a_name_prefix() -> None:
+    assert userns.parse_subids("alicex:100000:10\n", "alice", 1000) == []
+
+
+def test_root_map_puts_the_caller_at_0_and_ranges_contiguously_from_1() -> None:
+    assert userns.build_map(1000, [(100000, 65536), (300000, 10)], root=True) == [
+        (0, 1000, 1), (1, 100000, 65536), (65537, 300000, 10)]
+
+
+def test_own_id_map_keeps_the_caller_and_fills_around_it() -> None:
+    # keep-id layout: inner 0..999 from the range, 1000 is the caller, the rest follows.
+    assert userns.build_map(1000, [(100000, 65536)], root=False) == [
+        (0, 100000, 1000), (1000, 1000, 1), (1001, 101000, 64536)]
+
+
+def test_own_id_map_with_several_ranges_and_the_split_in_the_second() -> None:
+    assert userns.build_map(15, [(100000, 10), (200000, 10)], root=False) == [
+        (0, 100000, 10), (10, 200000, 5), (15, 15, 1), (16, 200005, 5)]
+
+
+def test_own_id_above_every_range_is_not_split() -> None:
+    assert userns.build_map(1_500_000_000, [(100000, 65536)], root=False) == [
+        (0, 100000, 65536), (1_500_000_000, 1_500_000_000, 1)]
+
+
+@pytest.mark.parametrize("root", [True, False])
+def test_inner_ids_never_overlap(root: bool) -> None:
+    extents = userns.build_map(1000, [(100000, 500), (300000, 700), (500000, 3)], root)
+    inner = [i for start, _, count in extents for i in range(start, start + count)]
+    assert len(inner) == len(set(inner)) == 1 + 500 + 700 + 3
+
+
+def test_helper_argv_is_pid_then_triples() -> None:
+    assert userns.helper_argv("/usr/bin/newuidmap", 42, [(0, 1000, 1), (1, 100000, 65536)]) == [
+        "/usr/bin/newuidmap", "42", "0", "1000", "1", "1", "100000", "65536"]
+
+
+@pytest.fixture
+def host(fs):
+    fs.create_file("/etc/subuid", contents="alice:100000:65536\n")
+    fs.create_file("/etc/subgid", contents="alice:100000:65536\n")
+    for tool in ("newuidmap", "newgidmap"):
+        fs.create_file(f"/usr/bin/{tool}", st_mode=0o104755)
+    return fs
+
+
+def test_plan_uses_the_helpers_when_everything_is_there(host) -> None:
+    plan = userns.plan_idmap(True, 1000, 1000, "alice", "/usr/bin", nnp=False)
+    assert plan.mode == "subid"
+    assert plan.newuidmap == "/usr/bin/newuidmap"
+    assert plan.uid_map == [(0, 1000, 1), (1, 100000, 65536)]
+
+
+@pytest.mark.parametrize(("change", "reason"), [
+    ("no-subuid", "no subordinate uid range for `alice` in /etc/subuid"),
+    ("no-subgid", "no subordinate gid range for `alice` in /etc/subgid"),
+    ("no-helpers", "newuidmap/newgidmap not found on PATH (Debian package `uidmap`)"),
+    ("nnp", "no_new_privs is set on this session, so newuidmap cannot work"),
+])
+def test_plan_falls_back_to_a_single_id_with_the_reason(host, change: str, reason: str) -> None:
+    path, nnp = "/usr/bin", False
+    if change == "no-subuid":
+        host.remove("/etc/subuid")
+    elif change == "no-subgid":
+        host.remove("/etc/subgid")
+        host.create_file("/etc/subgid", contents="bob:1:2\n")
+    elif change == "no-helpers":
+        path = "/nowhere"
+    else:
+        nnp = True
+    plan = userns.plan_idmap(False, 1000, 1001, "alice", path, nnp)
+    assert (plan.mode, plan.reason) == ("single", reason)
+    assert plan.uid_map == [(1000, 1000, 1)]
+    assert plan.gid_map == [(1001, 1001, 1)]
+
+
+def test_single_plan_for_root_maps_0(host) -> None:
+    host.remove("/etc/subuid")
+    plan = userns.plan_idmap(True, 1000, 1001, "alice", "/usr/bin", False)
+    assert plan.uid_map == [(0, 1000, 1)] and plan.gid_map == [(0, 1001, 1)]
+
+
+@pytest.mark.parametrize(("value", "expected"), [("0", False), ("1", True)])
+def test_no_new_privs_is_read_from_proc_status(fs, value: str, expected: bool) -> None:
+    fs.create_file("/proc/self/status", contents=f"Name:\tx\nNoNewPrivs:\t{value}\nSeccomp:\t0\n")
+    assert userns.no_new_privs_set() is expected
+
+
+def test_describe_lists_every_extent() -> None:
+    plan = userns.IdMapPlan("single", [(0, 1000, 1)], [(0, 1000, 1)], reason="why")
+    assert plan.describe() == ["id map (single: why)", "uid 0 -> 1000 x1", "gid 0 -> 1000 x1"]
