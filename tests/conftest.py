@@ -43,6 +43,10 @@ def probe(name: str) -> str | None:
         if not userns.which("newuidmap", os.environ.get("PATH")):
             return "newuidmap not on PATH"
         return None
+    if name == "tmux":
+        import shutil
+
+        return None if shutil.which("tmux") else "tmux is not installed (Debian package tmux)"
     if name == "install":
         from tests.integration.helpers import RBOX_SCRIPT
 

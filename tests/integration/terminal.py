@@ -1,0 +1,49 @@
+"""A real terminal for tests: a tmux server of the test's own, driven with send-keys and
+read with capture-pane. Every wait polls the screen with a deadline; no fixed sleeps."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+import uuid
+
+
+class Terminal:
+    def __init__(self, cwd: str, width: int = 120, height: int = 40):
+        self.tmux = shutil.which("tmux")
+        assert self.tmux, "tmux is needed for terminal tests"
+        self.socket = f"rbox-test-{uuid.uuid4().hex[:12]}"
+        # A plain interactive bash, with a prompt the tests can wait for.
+        self._tmux("new-session", "-d", "-s", "t", "-x", str(width), "-y", str(height), "-c", cwd,
+                   "env PS1='outer$ ' bash --norc --noprofile -i")
+        self.wait_for(r"outer\$")
+
+    def _tmux(self, *args: str) -> str:
+        r = subprocess.run([self.tmux, "-L", self.socket, *args], capture_output=True, text=True, timeout=30)
+        return r.stdout
+
+    def send(self, *keys: str) -> None:
+        self._tmux("send-keys", "-t", "t", *keys)
+
+    def line(self, text: str) -> None:
+        self._tmux("send-keys", "-t", "t", "-l", text)
+        self.send("Enter")
+
+    def screen(self) -> str:
+        return self._tmux("capture-pane", "-t", "t", "-p", "-S", "-200")
+
+    def wait_for(self, pattern: str, timeout: float = 20.0) -> re.Match[str]:
+        """The first match of `pattern` (a regex, multiline) on the screen, waiting for it.
+        capture-pane drops trailing blanks, so patterns must not end in one."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            found = re.search(pattern, self.screen(), re.M)
+            if found:
+                return found
+            time.sleep(0.05)
+        raise AssertionError(f"{pattern!r} did not appear; screen:\n{self.screen()}")
+
+    def close(self) -> None:
+        subprocess.run([self.tmux, "-L", self.socket, "kill-server"], capture_output=True, timeout=30)
