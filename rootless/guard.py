@@ -10,6 +10,7 @@ the parent, which prints it, and always leaves through os._exit().
 from __future__ import annotations
 
 import os
+
 from rootless import log
 from rootless.errors import EXIT_SETUP, RboxError
 

@@ -29,12 +29,29 @@ class UserMount:
 
 
 class Spec:
-    __slots__ = ("command", "root", "net", "mounts", "home_mode", "workdir", "hostname", "env",
-                 "dry_run", "debug", "uid", "gid", "user", "home", "cwd", "tty")
+    """Immutable by convention once built; the forked children read it as it is."""
 
-    def __init__(self, **kw: object):
+    command: list[str]
+    root: bool
+    net: str
+    mounts: list[UserMount]
+    home_mode: str
+    workdir: str
+    hostname: str
+    env: dict[str, str]
+    dry_run: bool
+    debug: bool
+    uid: int
+    gid: int
+    user: str
+    home: str
+    cwd: str
+    tty: bool
+    __slots__ = tuple(__annotations__)
+
+    def __init__(self, **fields: object):
         for name in self.__slots__:
-            setattr(self, name, kw[name])
+            setattr(self, name, fields[name])
 
 
 def from_parsed(parsed: Parsed, environ: dict[str, str], cwd: str, tty: bool) -> Spec:

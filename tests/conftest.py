@@ -26,7 +26,7 @@ def pytest_configure(config: pytest.Config) -> None:
                     "RBOX_TEST_AS_ROOT=1 overrides", returncode=4)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def probe(name: str) -> str | None:
     """None when the host offers `name`, else the reason it does not."""
     if name == "userns":
@@ -50,7 +50,9 @@ def probe(name: str) -> str | None:
     if name == "install":
         from tests.integration.helpers import RBOX_SCRIPT
 
-        return None if os.path.exists(RBOX_SCRIPT) else f"rbox is not installed beside {sys.executable} (pip install -e .)"
+        if os.path.exists(RBOX_SCRIPT):
+            return None
+        return f"rbox is not installed beside {sys.executable} (pip install -e .)"
     if name == "nosubid":
         from rootless import userns
 
