@@ -57,7 +57,13 @@ def _main(argv: list[str]) -> int:
     if parsed.values.get("help"):
         log.out(options.help_text(parsed.command))
         return 0
-    from rootless import parent, spec  # after --help: they are not needed for it
+    try:
+        from rootless import parent, spec  # after --help: they are not needed for it
+    except ImportError as e:
+        if e.name != "_prctl":
+            raise
+        raise RboxError(f"python-prctl is not installed for {sys.executable}",
+                        hint="pip install python-prctl (it builds against libcap: apt-get install libcap-dev)") from None
 
     try:
         cwd = os.getcwd()

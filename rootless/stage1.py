@@ -52,7 +52,11 @@ def unshare_user() -> None:
     try:
         sc.unshare(sc.CLONE_NEWUSER)
     except OSError as e:
-        raise NamespaceError(f"cannot create a user namespace: {e.strerror}", hint=_userns_hint(e.errno)) from None
+        reason = e.strerror
+        if e.errno == errno.ENOSPC:
+            # The kernel's words for this, "No space left on device", mislead.
+            reason = "the limit on user namespaces is reached (ENOSPC)"
+        raise NamespaceError(f"cannot create a user namespace: {reason}", hint=_userns_hint(e.errno)) from None
 
 
 def _userns_hint(err: int | None) -> str:

@@ -23,17 +23,17 @@ def run_rbox(*args: str, cwd: str | os.PathLike[str] | None = None, env: dict[st
              input: str | None = None, timeout: float = TIMEOUT,
              wrapper: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
     """rbox ARGS (under `wrapper`, e.g. setpriv), stdin from `input` or /dev/null."""
-    return subprocess.run([*wrapper, *RBOX, *args], cwd=cwd, env=_env(env), input=input, capture_output=True,
+    return subprocess.run([*wrapper, *RBOX, *args], cwd=cwd, env=rbox_env(env), input=input, capture_output=True,
                           text=True, timeout=timeout, stdin=None if input is not None else subprocess.DEVNULL)
 
 
 def start_rbox(*args: str, cwd: str | os.PathLike[str] | None = None,
                env: dict[str, str] | None = None) -> subprocess.Popen[str]:
-    return subprocess.Popen([*RBOX, *args], cwd=cwd, env=_env(env), stdin=subprocess.DEVNULL,
+    return subprocess.Popen([*RBOX, *args], cwd=cwd, env=rbox_env(env), stdin=subprocess.DEVNULL,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _env(extra: dict[str, str] | None) -> dict[str, str]:
+def rbox_env(extra: dict[str, str] | None) -> dict[str, str]:
     env = dict(os.environ)
     # The child interpreter must import this checkout's rootless, installed or not.
     root = str(Path(__file__).resolve().parents[2])

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 
-from tests.integration.helpers import py, run_rbox
+from tests.integration.helpers import py, rbox_env, run_rbox
 
 pytestmark = pytest.mark.needs_userns
 
@@ -92,3 +94,19 @@ def test_failure_inside_init_is_one_line_without_traceback() -> None:
     r = run_rbox("run", "--hide", "/no/such/path", "--", "true")
     assert r.returncode == 125
     assert r.stderr == "rbox: error: cannot hide `/no/such/path`: No such file or directory in the sandbox\n"
+
+
+def test_user_namespaces_unavailable_gives_the_documented_error(tmp_path) -> None:
+    # In a user namespace of our own we may set its user.max_user_namespaces to 0
+    # (user_namespaces(7)): rbox inside it then cannot create its own.
+    import shlex
+    import sys
+
+    rbox = " ".join(shlex.quote(w) for w in (sys.executable, "-m", "rootless", "run", "--", "true"))
+    r = subprocess.run(["unshare", "-Ur", "sh", "-c", f"echo 0 > /proc/sys/user/max_user_namespaces && {rbox}"],
+                       cwd=tmp_path, env=rbox_env(None), capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 125
+    assert r.stderr.splitlines()[-2:] == [
+        "rbox: error: cannot create a user namespace: the limit on user namespaces is reached (ENOSPC)",
+        "hint: the limit user.max_user_namespaces is reached or 0; see rbox(1), HOST SETUP"]

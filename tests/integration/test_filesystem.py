@@ -221,10 +221,10 @@ def test_nothing_is_imported_after_pivot_root(tmp_path) -> None:
     import subprocess
     import sys
 
-    from tests.integration.helpers import _env
+    from tests.integration.helpers import rbox_env
 
     r = subprocess.run([sys.executable, "-X", "importtime", "-m", "rootless", "run", "--debug", "--", "true"],
-                       cwd=tmp_path, env=_env(None), capture_output=True, text=True, timeout=60,
+                       cwd=tmp_path, env=rbox_env(None), capture_output=True, text=True, timeout=60,
                        stdin=subprocess.DEVNULL)
     assert r.returncode == 0, r.stderr
     lines = r.stderr.splitlines()

@@ -23,10 +23,10 @@ STATUS = "echo rc=$((0+$?))"
 
 @pytest.fixture
 def term(tmp_path):
-    from tests.integration.helpers import _env
+    from tests.integration.helpers import rbox_env
 
     t = Terminal(str(tmp_path))
-    t.line(f"export PYTHONPATH={shlex.quote(_env(None)['PYTHONPATH'])}")
+    t.line(f"export PYTHONPATH={shlex.quote(rbox_env(None)['PYTHONPATH'])}")
     yield t
     t.close()
 
