@@ -63,7 +63,8 @@ def _main(argv: list[str]) -> int:
         if e.name != "_prctl":
             raise
         raise RboxError(f"python-prctl is not installed for {sys.executable}",
-                        hint="pip install python-prctl (it builds against libcap: apt-get install libcap-dev)") from None
+                        hint="pip install python-prctl (it builds against libcap: apt-get install libcap-dev)",
+                        ) from None
 
     try:
         cwd = os.getcwd()

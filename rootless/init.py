@@ -7,7 +7,7 @@ sigwaitinfo(), and forwarded to the command; every zombie is reaped. When the co
 ends, whatever it left behind gets SIGTERM, a short grace period, then the kernel's
 SIGKILL when PID 1 exits (pid_namespaces(7)). init's exit code is the command's.
 
-Every module init and the payload need is imported at module load: after pivot_root the
+Every module init needs is imported at module load: after pivot_root the
 host's site-packages may be gone (mkosi imports `warnings` eagerly for this reason).
 """
 

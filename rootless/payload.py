@@ -1,62 +1,56 @@
-"""The last steps before the command runs, and how an exec failure is reported.
+"""Starting the command as PID 2, and how a failure to start it is reported.
 
-Runs in: init (`start`) and the payload, PID 2 (`_become_command`).
+Runs in: init (PID 1, after pivot_root).
 
-Exec success is detected the way subprocess does it: a close-on-exec pipe from the
-payload to init. EOF means the exec happened; `STAGE ERRNO` means it did not, and init
-turns that into 127 (not found), 126 (cannot execute) or 125 (rbox's own setup failed).
+init prepares its own state the way the command must start (working directory,
+NO_NEW_PRIVS, an empty capability bounding set), then starts the command with
+posix_spawn(3): glibc creates it with CLONE_VFORK and returns exec's errno directly,
+so no copy of the interpreter is forked and no error pipe is needed. NO_NEW_PRIVS and
+the bounding set are inherited by the command; init needs neither any more, because the
+mounts are done and it only reaps and forwards signals from here on.
 """
 
 from __future__ import annotations
 
 import errno
 import os
+import signal
 
-from rootless import signals
 from rootless import syscalls as sc
-from rootless.errors import EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, EXIT_SETUP, RboxError
+from rootless.errors import EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, RboxError
 from rootless.spec import Spec
+
+# Every signal back to its default and unblocked in the command: init blocks the
+# forwarded ones, and exec would keep both the mask and ignored dispositions.
+DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
 
 def start(spec: Spec) -> int:
-    """Fork the command as PID 2; its pid once the exec has succeeded."""
-    r, w = os.pipe()
-    pid = os.fork()
-    if pid == 0:
-        os.close(r)
-        _become_command(spec, w)
-    os.close(w)
-    with os.fdopen(r, "rb") as f:
-        report = f.read()
-    if report:
-        os.waitpid(pid, 0)
-        raise exec_error(spec, report.decode())
-    return pid
-
-
-def _become_command(spec: Spec, errfd: int) -> None:
-    stage = "setup"
+    """Start the command as PID 2; its pid. RboxError (126/127/125) when it cannot."""
+    prepare(spec)
     try:
-        signals.reset_for_exec()
-        if not spec.tty:
-            # No controlling terminal: a program inside cannot push input into the
-            # caller's terminal with TIOCSTI (CVE-2017-5226, bubblewrap#142).
-            os.setsid()
-        if not spec.root:
-            # Your own uid inside: no capabilities, not even in the bounding set.
-            sc.drop_bounding_set()
-        # Always: a setuid or file-capability binary inside gains nothing (prctl(2)).
-        sc.set_no_new_privs()
-        stage = "chdir"
-        os.chdir(spec.workdir)
-        stage = "exec"
-        os.execve(find_command(spec.command[0], spec.env.get("PATH")), spec.command, spec.env)
+        path = find_command(spec.command[0], spec.env.get("PATH"))
+        return os.posix_spawn(path, spec.command, spec.env,
+                              # No controlling terminal when stdin is not one: a program
+                              # inside cannot push input into the caller's terminal with
+                              # TIOCSTI (CVE-2017-5226, bubblewrap#142).
+                              setsid=not spec.tty,
+                              setsigmask=(), setsigdef=DEFAULT_SIGNALS)
     except OSError as e:
-        _report(errfd, stage, e.errno or 0)
-    except BaseException:  # noqa: BLE001 - nothing may escape a forked child
-        _report(errfd, stage, 0)
-    finally:
-        os._exit(EXIT_NOT_FOUND)
+        raise exec_error(spec, e.errno or 0) from None
+
+
+def prepare(spec: Spec) -> None:
+    try:
+        os.chdir(spec.workdir)
+    except OSError as e:
+        raise RboxError(f"cannot change to `{spec.workdir}` in the sandbox: {e.strerror}",
+                        hint="-w/--workdir must name a directory that exists inside the sandbox") from None
+    if not spec.root:
+        # Your own uid inside: no capabilities, not even in the bounding set.
+        sc.drop_bounding_set()
+    # Always: a setuid or file-capability binary inside gains nothing (prctl(2)).
+    sc.set_no_new_privs()
 
 
 def find_command(name: str, path: str | None) -> str:
@@ -81,23 +75,9 @@ def find_command(name: str, path: str | None) -> str:
     return fallback
 
 
-def _report(fd: int, stage: str, err: int) -> None:
-    try:
-        os.write(fd, f"{stage} {err}".encode())
-    except OSError:
-        pass
-
-
-def exec_error(spec: Spec, report: str) -> RboxError:
-    stage, _, num = report.partition(" ")
-    err = int(num) if num.isdigit() else 0
+def exec_error(spec: Spec, err: int) -> RboxError:
     reason = os.strerror(err) if err else "unknown error"
     cmd = spec.command[0]
-    if stage == "chdir":
-        return RboxError(f"cannot change to `{spec.workdir}` in the sandbox: {reason}",
-                         hint="-w/--workdir must name a directory that exists inside the sandbox")
-    if stage != "exec":
-        return RboxError(f"cannot prepare the command: {reason}", exit_code=EXIT_SETUP)
     if err == errno.ENOENT:
         if "/" in cmd and os.path.exists(os.path.join(spec.workdir, cmd)):
             # execve gives ENOENT for a script whose interpreter is missing, too.

@@ -1,6 +1,6 @@
 """Which signals reach the command, and a signalfd for the parent.
 
-Runs in: parent (signalfd), init and payload (the sets and masks).
+Runs in: parent (signalfd) and init (the sets and masks).
 
 The parent blocks the forwarded signals before it forks, so stage-1 and init start with
 them blocked too: stage-1 never reacts to them (it only waits for init), init takes them
@@ -29,19 +29,6 @@ SFD_CLOEXEC = 0o2000000
 
 def block(signals: tuple[int, ...]) -> None:
     signal.pthread_sigmask(signal.SIG_BLOCK, signals)
-
-
-def reset_for_exec() -> None:
-    """Default dispositions and an empty mask: exec keeps both, and the command must not
-    start with SIGINT ignored or SIGTERM blocked."""
-    for sig in range(1, signal.NSIG):
-        if sig in (signal.SIGKILL, signal.SIGSTOP):
-            continue
-        try:
-            signal.signal(sig, signal.SIG_DFL)
-        except (OSError, ValueError):
-            pass
-    signal.pthread_sigmask(signal.SIG_SETMASK, ())
 
 
 def signalfd(signals: tuple[int, ...]) -> int:
