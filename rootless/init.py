@@ -27,19 +27,32 @@ from rootless.spec import Spec
 LEFTOVER_GRACE = 2.0
 
 
-def run(spec: Spec, chan: sync.Channel) -> int:
+def run(spec: Spec, chan: sync.Channel, fd_sock: object = None) -> int:
     sc.set_pdeathsig(signal.SIGKILL)           # tied to stage-1, which never exits first
     block(FORWARDED + (signal.SIGCHLD,))
     rootfs.build(mounts.optimize(mounts.plan(spec)))
     set_hostname(spec.hostname)
     net.configure(spec.net)
     chan.expect(sync.NETWORK_DONE)
-    pid = payload.start(spec)
+    pid, master = payload.start(spec)
+    if master is not None:
+        send_master(fd_sock, master)
     chan.send(sync.RUNNING)
     code = supervise(pid)
     log.step(f"command exited: {code}")
     kill_leftovers()
     return code
+
+
+def send_master(sock: object, master: int) -> None:
+    """Hand the pty master to the parent (SCM_RIGHTS); init keeps no copy, so the
+    parent sees EIO on it once the command and its children have closed the slave."""
+    import socket  # loaded by the parent before the fork, only in pty mode
+
+    assert isinstance(sock, socket.socket)
+    socket.send_fds(sock, [b"M"], [master])
+    os.close(master)
+    sock.close()
 
 
 def set_hostname(name: str) -> None:

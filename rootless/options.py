@@ -50,6 +50,8 @@ SANDBOX_OPTIONS = (
         metavar="K=V", kind="append"),
     Opt(("--unsetenv",), "unsetenv", "remove K from the environment", metavar="K", kind="append"),
     Opt(("--clearenv",), "clearenv", "start from an empty environment (then apply -e)"),
+    Opt(("-t", "--tty"), "tty", "give the command a new pseudo-terminal (the default when stdin is one)"),
+    Opt(("-T", "--no-tty"), "no_tty", "no pseudo-terminal: the command gets rbox's stdin/stdout/stderr as they are"),
     Opt(("--dry-run",), "dry_run", "print the id maps and the mount plan, run nothing"),
     Opt(("--debug",), "debug", "print every setup step; tracebacks for rbox's own errors"),
     Opt(("-h", "--help"), "help", "show this help and exit"),

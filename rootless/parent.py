@@ -13,14 +13,21 @@ from __future__ import annotations
 import os
 import select
 import signal
+import time
 
 from rootless import log, mounts, stage1, sync, userns
+from rootless.console import Console
 from rootless.errors import ProtocolError, waitstatus_to_code
 from rootless.guard import run_child
-from rootless.signals import FORWARDED, SI_KERNEL, TERMINATING, block, read_signalfd, signalfd
+from rootless.signals import FORWARDED, TERMINATING, block, read_signalfd, signalfd
 from rootless.spec import Spec
 
 SETUP_TIMEOUT = 30.0
+DRAIN_TIMEOUT = 5.0      # after PID 1 is gone: how long the pty may take to report EIO
+
+TYPE_CHECKING = False  # not `from typing import ...`: typing costs 9 ms at start-up
+if TYPE_CHECKING:
+    import socket
 
 
 class Interrupted(Exception):
@@ -40,14 +47,19 @@ def run(spec: Spec) -> int:
     block(FORWARDED)
     sigfd = signalfd(FORWARDED)
     parent_end, child_end = sync.channel_pair()
+    parent_sock, child_sock = fd_socket_pair() if spec.pty else (None, None)
     me = os.getpid()
     pid = os.fork()
     if pid == 0:
         parent_end.close()
         os.close(sigfd)
-        run_child(child_end, "stage-1", lambda: stage1.run(spec, child_end, me))
+        if parent_sock is not None:
+            parent_sock.close()
+        run_child(child_end, "stage-1", lambda: stage1.run(spec, child_end, me, child_sock))
     child_end.close()
-    sandbox = Sandbox(spec, pid, parent_end, sigfd)
+    if child_sock is not None:
+        child_sock.close()
+    sandbox = Sandbox(spec, pid, parent_end, sigfd, parent_sock)
     try:
         sandbox.setup(idmap)
         return sandbox.wait()
@@ -55,6 +67,14 @@ def run(spec: Spec) -> int:
         return 128 + e.signo
     finally:
         sandbox.cleanup()
+
+
+def fd_socket_pair() -> tuple[socket.socket, socket.socket]:
+    """A socketpair for passing the pty master from init (SCM_RIGHTS). `socket` costs
+    6 ms to import, so only pty mode (an interactive terminal) loads it."""
+    import socket
+
+    return socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
 
 
 def plan_idmap(spec: Spec) -> userns.IdMapPlan:
@@ -68,9 +88,13 @@ def plan_idmap(spec: Spec) -> userns.IdMapPlan:
 class Sandbox:
     """The parent's view of one running sandbox."""
 
-    def __init__(self, spec: Spec, stage1_pid: int, chan: sync.Channel, sigfd: int):
+    def __init__(self, spec: Spec, stage1_pid: int, chan: sync.Channel, sigfd: int,
+                 fd_sock: socket.socket | None = None):
         self.spec, self.stage1, self.chan, self.sigfd = spec, stage1_pid, chan, sigfd
+        self.fd_sock = fd_sock
+        self.console: Console | None = None
         self.init_pid = 0
+        self.chan_open = True
         self.status: int | None = None
 
     def setup(self, idmap: userns.IdMapPlan) -> None:
@@ -82,6 +106,20 @@ class Sandbox:
         log.step(f"PID 1 is host pid {self.init_pid}")
         self.chan.send(sync.NETWORK_DONE)
         self.expect(sync.RUNNING)
+        if self.fd_sock is not None:
+            self.console = Console(self.receive_master())
+            self.console.make_raw()
+
+    def receive_master(self) -> int:
+        import socket  # already loaded by fd_socket_pair()
+
+        assert self.fd_sock is not None
+        if not select.select([self.fd_sock], [], [], SETUP_TIMEOUT)[0]:
+            raise ProtocolError("init did not pass the pseudo-terminal")
+        _, fds, _, _ = socket.recv_fds(self.fd_sock, 16, 1)
+        if not fds:
+            raise ProtocolError("init did not pass the pseudo-terminal")
+        return fds[0]
 
     def expect(self, kind: str) -> dict[str, str]:
         """chan.expect, aborting on a terminating signal (SIGINT, SIGTERM, ...)."""
@@ -90,31 +128,44 @@ class Sandbox:
         return self.chan.expect(kind, timeout=SETUP_TIMEOUT)
 
     def wait(self) -> int:
-        """Forward signals until PID 1 is gone; the command's exit code."""
-        while True:
-            if self._poll(None):
+        """Relay the pty and forward signals until PID 1 is gone; the command's exit code."""
+        deadline = None
+        while self.chan_open or (self.console and self.console.master_open):
+            if not self.chan_open:
+                # PID 1 is gone; the pty reports EIO once the last process holding it is.
+                deadline = deadline or time.monotonic() + DRAIN_TIMEOUT
+                if time.monotonic() > deadline:
+                    break
+            if self._poll(None if self.chan_open else 0.2, may_time_out=True):
                 msg = self.chan.receive(timeout=SETUP_TIMEOUT)
                 if msg is None:
-                    break
-                if msg[0] == sync.ERROR:
+                    self.chan_open = False
+                    log.step("PID 1 is gone")
+                elif msg[0] == sync.ERROR:
                     raise sync.error_from_fields(msg[1])
-        log.step("PID 1 is gone")
         _, status = os.waitpid(self.stage1, 0)
         self.status = status
         log.step(f"stage-1 exited: {waitstatus_to_code(status)}")
         return waitstatus_to_code(status)
 
-    def _poll(self, timeout: float | None) -> bool:
-        """True when the channel is readable; handles any pending signals first."""
+    def _poll(self, timeout: float | None, may_time_out: bool = False) -> bool:
+        """True when the channel is readable; handles signals and the pty meanwhile."""
         poller = select.poll()
-        poller.register(self.chan.rfd, select.POLLIN | select.POLLHUP)
+        if self.chan_open:
+            poller.register(self.chan.rfd, select.POLLIN | select.POLLHUP)
         poller.register(self.sigfd, select.POLLIN)
+        for fd, events in self.console.poll_events() if self.console else ():
+            poller.register(fd, events)
         ready = dict(poller.poll(None if timeout is None else timeout * 1000))
-        if not ready:
+        if not ready and not may_time_out:
             raise ProtocolError(f"the sandbox did not finish setting up within {timeout:g} s")
         if self.sigfd in ready:
             self._on_signal(*read_signalfd(self.sigfd))
-        return self.chan.rfd in ready
+        if self.console:
+            for fd, events in ready.items():
+                if fd not in (self.chan.rfd, self.sigfd):
+                    self.console.on_ready(fd, events)
+        return self.chan_open and self.chan.rfd in ready
 
     def _on_signal(self, signo: int, code: int) -> None:
         log.step(f"got signal {signal.Signals(signo).name}")
@@ -122,23 +173,26 @@ class Sandbox:
             if signo in TERMINATING:
                 raise Interrupted(signo)
             return
-        if code == SI_KERNEL and self._command_shares_terminal():
-            return  # the terminal sent it to the whole foreground group, the command included
+        if self.console:
+            if signo == signal.SIGWINCH:
+                # The command's pty gets the new size; the kernel sends it SIGWINCH.
+                self.console.copy_window_size()
+                return
+            if signo in (signal.SIGHUP, signal.SIGTERM):
+                # rbox is going away: hang up the pty, as a closed terminal window does.
+                self.console.hang_up()
         try:
             os.kill(self.init_pid, signo)
         except ProcessLookupError:
             pass
 
-    def _command_shares_terminal(self) -> bool:
-        if not self.spec.tty:
-            return False
-        try:
-            return os.tcgetpgrp(0) == os.getpgrp()
-        except OSError:
-            return False
-
     def cleanup(self) -> None:
-        """Nothing outlives rbox: SIGKILL stage-1 (PID 1 follows by its death signal)."""
+        """Nothing outlives rbox: SIGKILL stage-1 (PID 1 follows by its death signal).
+        The caller's terminal gets its settings back whatever happened."""
+        if self.console:
+            self.console.drain_output()
+            self.console.restore()
+            self.console.close()
         if self.status is None:
             try:
                 os.kill(self.stage1, signal.SIGKILL)
@@ -147,3 +201,5 @@ class Sandbox:
             os.waitpid(self.stage1, 0)
         self.chan.close()
         os.close(self.sigfd)
+        if self.fd_sock is not None:
+            self.fd_sock.close()

@@ -15,7 +15,9 @@ from __future__ import annotations
 import errno
 import os
 import signal
+import termios
 
+from rootless import console
 from rootless import syscalls as sc
 from rootless.errors import EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, RboxError
 from rootless.spec import Spec
@@ -25,19 +27,42 @@ from rootless.spec import Spec
 DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
 
-def start(spec: Spec) -> int:
-    """Start the command as PID 2; its pid. RboxError (126/127/125) when it cannot."""
+def start(spec: Spec) -> tuple[int, int | None]:
+    """Start the command as PID 2: (its pid, the pty master or None).
+
+    Always in a new session: with no pty it has no controlling terminal at all, so it
+    cannot push input into the caller's terminal with TIOCSTI (CVE-2017-5226,
+    bubblewrap#142); with a pty, that pty is its controlling terminal (console.py).
+    RboxError (126/127/125) when it cannot be started.
+    """
     prepare(spec)
+    master, actions = open_pty() if spec.pty else (None, [])
     try:
         path = find_command(spec.command[0], spec.env.get("PATH"))
-        return os.posix_spawn(path, spec.command, spec.env,
-                              # No controlling terminal when stdin is not one: a program
-                              # inside cannot push input into the caller's terminal with
-                              # TIOCSTI (CVE-2017-5226, bubblewrap#142).
-                              setsid=not spec.tty,
-                              setsigmask=(), setsigdef=DEFAULT_SIGNALS)
+        pid = os.posix_spawn(path, spec.command, spec.env, file_actions=actions, setsid=True,
+                             setsigmask=(), setsigdef=DEFAULT_SIGNALS)
     except OSError as e:
         raise exec_error(spec, e.errno or 0) from None
+    return pid, master
+
+
+def open_pty() -> tuple[int, list[tuple[object, ...]]]:
+    """A pty of the sandbox's own devpts (/dev/ptmx is its pts/ptmx), shaped like the
+    caller's terminal; the spawn actions that make its slave the command's stdio.
+
+    The slave is opened by path in the new session without O_NOCTTY, which makes it the
+    session's controlling terminal (tty(4)); posix_spawn runs setsid before file actions.
+    """
+    master, slave = os.openpty()
+    if os.isatty(0):
+        termios.tcsetattr(slave, termios.TCSANOW, termios.tcgetattr(0))
+        rows, cols = console.window_size(0)
+        if rows and cols:
+            console.set_window_size(master, rows, cols)
+    path = os.ttyname(slave)
+    os.close(slave)
+    return master, [(os.POSIX_SPAWN_OPEN, 0, path, os.O_RDWR, 0),
+                    (os.POSIX_SPAWN_DUP2, 0, 1), (os.POSIX_SPAWN_DUP2, 0, 2)]
 
 
 def prepare(spec: Spec) -> None:

@@ -4,10 +4,12 @@ Runs in: parent (signalfd) and init (the sets and masks).
 
 The parent blocks the forwarded signals before it forks, so stage-1 and init start with
 them blocked too: stage-1 never reacts to them (it only waits for init), init takes them
-with sigwaitinfo(). The parent reads them from a signalfd, which, unlike a Python signal
-handler, tells who sent a signal: one the terminal sent (si_code SI_KERNEL) to a
-foreground group the command shares has already reached the command, and is not sent a
-second time.
+with sigwaitinfo(). The parent reads them from a signalfd, so that a signal during setup
+aborts it cleanly and one during the run is forwarded to PID 1.
+
+init is in rbox's process group, so a key the caller's terminal turns into a signal
+(Ctrl-C with `-T`) reaches init directly too, with si_code SI_KERNEL. init forwards only
+what the parent sends (SI_USER), so the command gets such a signal exactly once.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import struct
 from rootless.syscalls import libc
 
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
-             signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH)
+             signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
 TERMINATING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 SI_KERNEL = 0x80
 SFD_CLOEXEC = 0o2000000

@@ -46,7 +46,8 @@ class Spec:
     user: str
     home: str
     cwd: str
-    tty: bool
+    tty: bool       # rbox's stdin is a terminal
+    pty: bool       # the command gets a new pseudo-terminal (console.py)
     __slots__ = tuple(__annotations__)
 
     def __init__(self, **fields: object):
@@ -74,6 +75,7 @@ def from_parsed(parsed: Parsed, environ: dict[str, str], cwd: str, tty: bool) ->
         dry_run=bool(v.get("dry_run")),
         debug=bool(v.get("debug")),
         uid=uid, gid=gid, user=user, home=os.path.normpath(home), cwd=cwd, tty=tty,
+        pty=_pty(v, tty),
     )
 
 
@@ -81,6 +83,12 @@ def _list(values: dict[str, object], key: str) -> list[tuple[str, str]]:
     entries = values.get(key) or []
     assert isinstance(entries, list)
     return entries
+
+
+def _pty(v: dict[str, object], tty: bool) -> bool:
+    if v.get("tty") and v.get("no_tty"):
+        raise SpecError("-t/--tty and -T/--no-tty exclude each other")
+    return bool(v.get("tty")) or (tty and not v.get("no_tty"))
 
 
 def _command(parsed: Parsed, shell: str) -> list[str]:
@@ -140,6 +148,8 @@ def _hostname(name: str) -> str:
 
 def _environment(v: dict[str, object], environ: dict[str, str]) -> dict[str, str]:
     env = {} if v.get("clearenv") else dict(environ)
+    # Lets shell prompts and scripts know where they are (rbox(1), ENVIRONMENT).
+    env["RBOX_SANDBOX"] = "1"
     for _, key in _list(v, "unsetenv"):
         env.pop(key, None)
     for _, item in _list(v, "env"):

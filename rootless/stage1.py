@@ -21,7 +21,7 @@ from rootless.guard import run_child
 from rootless.spec import Spec
 
 
-def run(spec: Spec, chan: sync.Channel, parent_pid: int) -> int:
+def run(spec: Spec, chan: sync.Channel, parent_pid: int, fd_sock: object = None) -> int:
     arm_death_signal(parent_pid)
     unshare_user()
     chan.send(sync.USERNS_READY)
@@ -32,10 +32,12 @@ def run(spec: Spec, chan: sync.Channel, parent_pid: int) -> int:
     unshare_rest(spec)
     pid = os.fork()
     if pid == 0:
-        run_child(chan, "init", lambda: init.run(spec, chan))
+        run_child(chan, "init", lambda: init.run(spec, chan, fd_sock))
     chan.send(sync.INIT_STARTED, pid=pid)
     # From here on only init holds the pipes, so the parent sees EOF when PID 1 is gone.
     chan.close()
+    if fd_sock is not None:
+        fd_sock.close()  # type: ignore[attr-defined]
     _, status = os.waitpid(pid, 0)
     return waitstatus_to_code(status)
 

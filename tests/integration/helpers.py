@@ -66,6 +66,19 @@ def live_processes() -> dict[int, str]:
     return found
 
 
+def children(pid: int) -> dict[int, str]:
+    """pid -> cmdline of the live direct children of `pid`."""
+    found = {}
+    for child, cmd in live_processes().items():
+        try:
+            with open(f"/proc/{child}/stat") as f:
+                if int(f.read().rpartition(")")[2].split()[1]) == pid:
+                    found[child] = cmd
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
 def descendants(pid: int) -> set[int]:
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):

@@ -12,6 +12,7 @@ import uuid
 
 class Terminal:
     def __init__(self, cwd: str, width: int = 120, height: int = 40):
+        self.cwd = cwd
         self.tmux = shutil.which("tmux")
         assert self.tmux, "tmux is needed for terminal tests"
         self.socket = f"rbox-test-{uuid.uuid4().hex[:12]}"
@@ -19,6 +20,8 @@ class Terminal:
         self._tmux("new-session", "-d", "-s", "t", "-x", str(width), "-y", str(height), "-c", cwd,
                    "env PS1='outer$ ' bash --norc --noprofile -i")
         self.wait_for(r"outer\$")
+        self.line("echo outer-pid=$$")
+        self.shell_pid = int(self.wait_for(r"^outer-pid=(\d+)$").group(1))
 
     def _tmux(self, *args: str) -> str:
         r = subprocess.run([self.tmux, "-L", self.socket, *args], capture_output=True, text=True, timeout=30)
@@ -44,6 +47,22 @@ class Terminal:
                 return found
             time.sleep(0.05)
         raise AssertionError(f"{pattern!r} did not appear; screen:\n{self.screen()}")
+
+    def run_and_wait(self, command: str) -> str:
+        """Type `command`, wait until it has finished; a token unique to this call."""
+        token = uuid.uuid4().hex[:10]
+        self.line(f"{command}; echo done-{token}")
+        self.wait_for(rf"^done-{token}$")
+        return token
+
+    def stty(self) -> str:
+        """The terminal settings (`stty -g`) as the shell at the prompt sees them."""
+        self.run_and_wait("stty -g > .stty")
+        with open(f"{self.cwd}/.stty") as f:
+            return f.read()
+
+    def resize(self, width: int, height: int) -> None:
+        self._tmux("resize-window", "-t", "t", "-x", str(width), "-y", str(height))
 
     def close(self) -> None:
         subprocess.run([self.tmux, "-L", self.socket, "kill-server"], capture_output=True, timeout=30)

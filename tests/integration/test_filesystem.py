@@ -178,7 +178,7 @@ def test_clearenv_keeps_only_what_is_asked() -> None:
     r = run_rbox("run", "--clearenv", "-e", "PATH", "-e", "X=y", "--", "env",
                  env={"PATH": "/usr/bin:/bin", "SECRET": "s"})
     assert r.returncode == 0, r.stderr
-    assert sorted(r.stdout.splitlines()) == ["PATH=/usr/bin:/bin", "X=y"]
+    assert sorted(r.stdout.splitlines()) == ["PATH=/usr/bin:/bin", "RBOX_SANDBOX=1", "X=y"]
 
 
 def test_net_none_has_only_loopback_and_it_is_up() -> None:

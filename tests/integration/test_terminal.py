@@ -1,5 +1,5 @@
-"""A terminal passed through to the sandbox: job control works, and a Ctrl-C reaches the
-command exactly once. Driven through a real terminal (tmux) as the unprivileged user.
+"""rbox in a real terminal (tmux), as the unprivileged user: the command's own pty, job
+control, resizing, exit codes, the caller's terminal restored, no TIOCSTI injection.
 
 Each step waits for output that the typed command line itself cannot contain
 (`echo rc=$((0+$?))` prints `rc=130`; the line typed shows `rc=$((`).
@@ -40,13 +40,15 @@ def test_ctrl_c_reaches_the_command_exactly_once(term) -> None:
     assert term.wait_for(r"^\^?C?sigints (\d+)$").group(1) == "1"
 
 
-def test_ctrl_z_fg_and_ctrl_c_of_a_sandboxed_command(term) -> None:
-    term.line(f"{RBOX_CMD} run -- sh -c 'echo st''arted; exec sleep 100'")
+def test_ctrl_z_fg_and_ctrl_c_with_no_tty(term) -> None:
+    # -T: no pty, so the keys act on rbox's own process group in the caller's terminal:
+    # Ctrl-Z stops rbox (the shell says Stopped), Ctrl-C is forwarded to the command.
+    term.line(f"{RBOX_CMD} run -T -- sh -c 'echo st''arted; exec sleep 100'")
     term.wait_for(r"^started$")
     term.send("C-z")
     term.wait_for(r"Stopped")
     term.line("fg; " + STATUS)
-    term.wait_for(r"^/.* run -- sh -c .*sleep 100'$")  # fg echoes the job it resumes
+    term.wait_for(r"^/.* run -T -- sh -c .*sleep 100'$")  # fg echoes the job it resumes
     term.send("C-c")
     assert term.wait_for(r"rc=(\d+)$").group(1) == "130"
 
@@ -66,3 +68,98 @@ def test_job_control_inside_an_interactive_shell(term) -> None:
     term.line("exit 3")
     term.line(STATUS)
     assert term.wait_for(r"rc=(\d+)$").group(1) == "3"
+
+
+@pytest.fixture
+def shell(term):
+    """`rbox sh` running in the terminal; the outer terminal's settings before it."""
+    before = term.stty()
+    term.line(f"{RBOX_CMD} sh")
+    term.line("PS1='inner> '; echo sh''-ready $RBOX_SANDBOX")
+    term.wait_for(r"^sh-ready 1$")
+    yield term, before
+
+
+def test_rbox_sh_gets_its_own_pty_and_a_prompt(shell) -> None:
+    term, _ = shell
+    term.line("echo $((6*7)) $(tty) $(hostname)")
+    assert term.wait_for(r"^42 (/dev/pts/\d+) rbox$").group(1) == "/dev/pts/0"
+
+
+def test_window_size_follows_the_outer_terminal(shell) -> None:
+    term, _ = shell
+    term.line("echo size=$(stty size)")
+    term.wait_for(r"^size=40 120$")
+    term.resize(90, 25)
+    term.line("clear; echo size=$(stty size)")
+    term.wait_for(r"^size=25 90$")
+
+
+def test_ctrl_c_stops_the_foreground_job_and_the_shell_survives(shell) -> None:
+    term, _ = shell
+    term.line("sleep 100")
+    term.wait_for(r"^inner> sleep 100$")
+    term.send("C-c")
+    term.line("echo alive $((2+3))")
+    term.wait_for(r"^alive 5$")
+
+
+def test_exit_status_and_terminal_settings_come_back(shell) -> None:
+    term, before = shell
+    term.line("exit 3")
+    term.line(STATUS)
+    assert term.wait_for(r"^rc=(\d+)$").group(1) == "3"
+    assert term.stty() == before
+
+
+def test_sigterm_to_rbox_restores_the_terminal(shell) -> None:
+    import os
+    import signal
+
+    from tests.integration.helpers import children, wait_until
+
+    term, before = shell
+    rbox = [pid for pid, cmd in children(term.shell_pid).items() if " -m rootless sh" in cmd]
+    assert len(rbox) == 1, children(term.shell_pid)
+    os.kill(rbox[0], signal.SIGTERM)
+    assert wait_until(lambda: rbox[0] not in children(term.shell_pid), timeout=20)
+    term.line(STATUS)
+    # The pty was hung up, as when a terminal window closes: the shell ends with SIGHUP.
+    assert term.wait_for(r"^rc=(\d+)$").group(1) == "129"
+    assert term.stty() == before
+
+
+def test_tiocsti_inside_cannot_type_into_the_callers_terminal(term, tmp_path) -> None:
+    marker = tmp_path / "INJECTED"
+    code = ("import fcntl, termios\n"
+            "try:\n"
+            "    [fcntl.ioctl(0, termios.TIOCSTI, bytes([c])) for c in b'touch INJECTED\\n']\n"
+            "    print('inj' + 'ected')\n"
+            "except OSError as e:\n"
+            "    print('refused', e.errno)\n")
+    (tmp_path / "inject.py").write_text(code)
+    term.line(f"{RBOX_CMD} run -- {shlex.quote(sys.executable)} inject.py; echo after-inject")
+    found = term.wait_for(r"^(injected|refused \d+)$")
+    term.wait_for(r"^after-inject$")
+    term.line("echo check-done")
+    term.wait_for(r"^check-done$")
+    assert not marker.exists(), "text injected inside ran in the caller's shell"
+    if found.group(1) != "injected":
+        pytest.skip("this kernel refuses TIOCSTI itself (dev.tty.legacy_tiocsti=0): nothing left to prove")
+
+
+def test_hang_up_of_the_outer_terminal_ends_the_sandbox(tmp_path) -> None:
+    import uuid
+
+    from tests.integration.helpers import live_processes, rbox_env, wait_until
+
+    marker = f"{uuid.uuid4().int % 10**6 + 300}.75"
+    t = Terminal(str(tmp_path))
+    try:
+        t.line(f"export PYTHONPATH={shlex.quote(rbox_env(None)['PYTHONPATH'])}")
+        t.line(f"{RBOX_CMD} sh")
+        t.line(f"sleep {marker}")
+        assert wait_until(lambda: any(c.startswith(f"sleep {marker}") for c in live_processes().values()), 20)
+    finally:
+        t.close()      # kills the tmux server: the outer terminal hangs up
+    assert wait_until(lambda: not any(marker in c for c in live_processes().values()), timeout=10)

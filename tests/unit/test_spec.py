@@ -62,9 +62,23 @@ def test_relative_paths_are_taken_from_the_current_directory() -> None:
 def test_environment_rules() -> None:
     env = {"PATH": "/bin", "HOME": "/h", "KEEP": "k"}
     s = make(["run", "--unsetenv", "HOME", "-e", "A=1", "-e", "KEEP", "-e", "MISSING", "true"], env)
-    assert s.env == {"PATH": "/bin", "KEEP": "k", "A": "1"}
+    assert s.env == {"PATH": "/bin", "KEEP": "k", "A": "1", "RBOX_SANDBOX": "1"}
     s = make(["run", "--clearenv", "-e", "KEEP", "-e", "B=", "true"], env)
-    assert s.env == {"KEEP": "k", "B": ""}
+    assert s.env == {"KEEP": "k", "B": "", "RBOX_SANDBOX": "1"}
+
+
+@pytest.mark.parametrize(("argv", "stdin_tty", "pty"), [
+    (["run", "x"], True, True), (["run", "x"], False, False),
+    (["run", "-t", "x"], False, True), (["run", "-T", "x"], True, False), (["sh"], True, True),
+])
+def test_pty_rules(argv: list[str], stdin_tty: bool, pty: bool) -> None:
+    s = spec.from_parsed(options.parse(argv), {"PATH": "/bin"}, "/work", stdin_tty)
+    assert s.pty is pty
+
+
+def test_tty_and_no_tty_exclude_each_other() -> None:
+    with pytest.raises(SpecError, match="exclude each other"):
+        make(["run", "-t", "-T", "x"])
 
 
 def test_sh_runs_the_login_shell() -> None:
