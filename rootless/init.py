@@ -27,13 +27,15 @@ from rootless.spec import Spec
 LEFTOVER_GRACE = 2.0
 
 
-def run(spec: Spec, chan: sync.Channel, fd_sock: object = None) -> int:
+def run(spec: Spec, chan: sync.Channel, fd_sock: object = None, nested: tuple[int, int] | None = None) -> int:
     sc.set_pdeathsig(signal.SIGKILL)           # tied to stage-1, which never exits first
     block(FORWARDED + (signal.SIGCHLD,))
     rootfs.build(mounts.optimize(mounts.plan(spec)))
     set_hostname(spec.hostname)
     net.configure(spec.net)
     chan.expect(sync.NETWORK_DONE)
+    if nested:
+        enter_nested_userns(*nested)
     pid, master = payload.start(spec)
     if master is not None:
         send_master(fd_sock, master)
@@ -53,6 +55,22 @@ def send_master(sock: object, master: int) -> None:
     socket.send_fds(sock, [b"M"], [master])
     os.close(master)
     sock.close()
+
+
+def enter_nested_userns(uid: int, gid: int) -> None:
+    """Become `uid`/`gid` again in a user namespace of our own (see userns.plan_idmap).
+
+    As its creator, init may write a single-line map of its own outer id, 0, after
+    denying setgroups (user_namespaces(7)). The mounts are done; what follows (spawning
+    the command, reaping, signals) needs no capability in the outer namespace."""
+    log.step(f"nested user namespace: uid {uid}, gid {gid}")
+    try:
+        sc.unshare(sc.CLONE_NEWUSER)
+        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} 0 1\n"), ("gid_map", f"{gid} 0 1\n")):
+            with open(f"/proc/self/{name}", "w") as f:
+                f.write(text)
+    except OSError as e:
+        raise NamespaceError(f"cannot create the nested user namespace: {e.strerror}") from None
 
 
 def set_hostname(name: str) -> None:

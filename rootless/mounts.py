@@ -13,6 +13,7 @@ from __future__ import annotations
 import errno
 import os
 
+from rootless import net
 from rootless import syscalls as sc
 from rootless.errors import MountError
 from rootless.spec import Spec
@@ -136,6 +137,29 @@ class Dev(Op):
             os.symlink(target, f"{dev}/{name}")
 
 
+class File(Op):
+    """A file rbox writes (the sandbox's resolv.conf, hosts), bound read-only at dst.
+
+    The content lives in /run/rbox/ on the sandbox's /run tmpfs; the bind goes to where
+    dst resolves inside, so a host /etc/resolv.conf that links into /run still works."""
+
+    def __init__(self, dst: str, content: str):
+        self.dst, self.content = dst, content
+
+    def describe(self) -> str:
+        return f"file {self.dst} [ro, {len(self.content)} bytes]"
+
+    def apply(self, oldroot: str, newroot: str) -> None:
+        store = f"{newroot}/run/rbox"
+        os.makedirs(store, mode=0o755, exist_ok=True)
+        src = f"{store}/{os.path.basename(self.dst)}"
+        with open(src, "w") as f:
+            f.write(self.content)
+        dst = ensure_mountpoint(newroot, self.dst, False, f"write `{self.dst}`")
+        _mount(src, dst, None, sc.MS_BIND, what=f"bind `{self.dst}`")
+        _mount(None, dst, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY, what=f"make `{self.dst}` read-only")
+
+
 class Dir(Op):
     def __init__(self, dst: str, mode: int):
         self.dst, self.mode = dst, mode
@@ -154,7 +178,7 @@ def plan(spec: Spec) -> list[Op]:
     ops: list[Op] = [RootBind(), Proc(), Dev(),
                      Tmpfs("/tmp", "1777"), Tmpfs("/var/tmp", "1777"), Tmpfs("/run", "0755"),
                      Dir(f"/run/user/{spec.uid}", 0o700)]
-    ops += _host_resolver(spec)
+    ops += _host_resolver(spec) + _network_files(spec)
     if spec.home_mode == "rw":
         ops.append(Bind(spec.home, spec.home, ro=False))
     elif spec.home_mode == "tmpfs":
@@ -182,6 +206,25 @@ def _host_resolver(spec: Spec) -> list[Op]:
     if spec.net == "host" and target.startswith(hidden) and os.path.isfile(target):
         return [Bind(target, target, ro=True)]
     return []
+
+
+def _network_files(spec: Spec, etc: str = "/etc") -> list[Op]:
+    """The sandbox's own /etc/hosts (naming its host name) and, when a helper serves
+    DNS at 10.0.2.3, its own /etc/resolv.conf. The host's files are never modified."""
+    if spec.net == "host":
+        return []
+    ops: list[Op] = [File("/etc/hosts", net.hosts(_read(f"{etc}/hosts"), spec.hostname, spec.net))]
+    if net.uses_helper(spec.net):
+        ops.append(File("/etc/resolv.conf", net.resolv_conf(_read(f"{etc}/resolv.conf"))))
+    return ops
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
 
 
 def depth(path: str) -> int:

@@ -20,6 +20,7 @@ from rootless.console import Console
 from rootless.errors import ProtocolError, waitstatus_to_code
 from rootless.guard import run_child
 from rootless.signals import FORWARDED, TERMINATING, block, read_signalfd, signalfd
+from rootless.spawn import Aborted
 from rootless.spec import Spec
 
 SETUP_TIMEOUT = 30.0
@@ -28,6 +29,11 @@ DRAIN_TIMEOUT = 5.0      # after PID 1 is gone: how long the pty may take to rep
 TYPE_CHECKING = False  # not `from typing import ...`: typing costs 9 ms at start-up
 if TYPE_CHECKING:
     import socket
+
+    from rootless.net.pasta import PastaDriver
+    from rootless.net.slirp import SlirpDriver
+
+    Driver = SlirpDriver | PastaDriver
 
 
 class Interrupted(Exception):
@@ -39,6 +45,7 @@ class Interrupted(Exception):
 def run(spec: Spec) -> int:
     idmap = plan_idmap(spec)
     ops = mounts.optimize(mounts.plan(spec))
+    driver = make_driver(spec)        # host checks for the network helper, before forking
     if spec.dry_run:
         log.out("".join(line + "\n" for line in idmap.describe() + [op.describe() for op in ops]))
         return 0
@@ -55,11 +62,11 @@ def run(spec: Spec) -> int:
         os.close(sigfd)
         if parent_sock is not None:
             parent_sock.close()
-        run_child(child_end, "stage-1", lambda: stage1.run(spec, child_end, me, child_sock))
+        run_child(child_end, "stage-1", lambda: stage1.run(spec, child_end, me, child_sock, idmap.nested))
     child_end.close()
     if child_sock is not None:
         child_sock.close()
-    sandbox = Sandbox(spec, pid, parent_end, sigfd, parent_sock)
+    sandbox = Sandbox(spec, pid, parent_end, sigfd, parent_sock, driver)
     try:
         sandbox.setup(idmap)
         return sandbox.wait()
@@ -67,6 +74,20 @@ def run(spec: Spec) -> int:
         return 128 + e.signo
     finally:
         sandbox.cleanup()
+
+
+def make_driver(spec: Spec) -> Driver | None:
+    """The parent half of the network driver; None for --net=none and --net=host."""
+    path = os.environ.get("PATH")
+    if spec.net == "slirp4netns":
+        from rootless.net import slirp
+
+        return slirp.SlirpDriver(slirp.preflight(path), spec.allow_host_loopback, spec.ports)
+    if spec.net == "pasta":
+        from rootless.net import pasta
+
+        return pasta.PastaDriver(pasta.preflight(path), spec.allow_host_loopback, spec.ports)
+    return None
 
 
 def fd_socket_pair() -> tuple[socket.socket, socket.socket]:
@@ -89,9 +110,9 @@ class Sandbox:
     """The parent's view of one running sandbox."""
 
     def __init__(self, spec: Spec, stage1_pid: int, chan: sync.Channel, sigfd: int,
-                 fd_sock: socket.socket | None = None):
+                 fd_sock: socket.socket | None = None, driver: Driver | None = None):
         self.spec, self.stage1, self.chan, self.sigfd = spec, stage1_pid, chan, sigfd
-        self.fd_sock = fd_sock
+        self.fd_sock, self.driver = fd_sock, driver
         self.console: Console | None = None
         self.init_pid = 0
         self.chan_open = True
@@ -104,6 +125,14 @@ class Sandbox:
         self.chan.send(sync.IDMAP_DONE)
         self.init_pid = int(self.expect(sync.INIT_STARTED)["pid"])
         log.step(f"PID 1 is host pid {self.init_pid}")
+        if self.driver is not None:
+            # While init builds the filesystem, the helper attaches to its namespaces.
+            # If init fails meanwhile, its ERROR is the news, not the helper's failure.
+            try:
+                self.driver.start(self.init_pid, abort_fd=self.chan.rfd)
+            except Aborted:
+                self.expect(sync.RUNNING)   # raises init's ERROR, or says it died
+                raise ProtocolError("PID 1 spoke out of turn while the network was set up") from None
         self.chan.send(sync.NETWORK_DONE)
         self.expect(sync.RUNNING)
         if self.fd_sock is not None:
@@ -199,6 +228,8 @@ class Sandbox:
             except ProcessLookupError:
                 pass
             os.waitpid(self.stage1, 0)
+        if self.driver is not None:
+            self.driver.stop()
         self.chan.close()
         os.close(self.sigfd)
         if self.fd_sock is not None:

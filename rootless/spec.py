@@ -14,6 +14,8 @@ import os
 import pwd
 
 from rootless.errors import SpecError
+from rootless.net import DEFAULT_MODE, uses_helper
+from rootless.net.ports import Port, check_unique, parse
 from rootless.options import Parsed
 
 HOSTNAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.")
@@ -34,6 +36,8 @@ class Spec:
     command: list[str]
     root: bool
     net: str
+    ports: list[Port]
+    allow_host_loopback: bool
     mounts: list[UserMount]
     home_mode: str
     workdir: str
@@ -57,6 +61,7 @@ class Spec:
 
 def from_parsed(parsed: Parsed, environ: dict[str, str], cwd: str, tty: bool) -> Spec:
     v = parsed.values
+    net_mode = str(v.get("net") or DEFAULT_MODE)
     uid, gid = os.getuid(), os.getgid()
     try:
         pw = pwd.getpwuid(uid)
@@ -66,7 +71,9 @@ def from_parsed(parsed: Parsed, environ: dict[str, str], cwd: str, tty: bool) ->
     return Spec(
         command=_command(parsed, shell),
         root=bool(v.get("root")),
-        net=str(v.get("net") or "none"),
+        net=net_mode,
+        ports=_ports(v, net_mode),
+        allow_host_loopback=_allow_host_loopback(v, net_mode),
         mounts=[_user_mount(kind, value, cwd) for kind, value in _list(v, "mounts")],
         home_mode=str(v.get("home") or "ro"),
         workdir=_workdir(v.get("workdir"), cwd),
@@ -83,6 +90,21 @@ def _list(values: dict[str, object], key: str) -> list[tuple[str, str]]:
     entries = values.get(key) or []
     assert isinstance(entries, list)
     return entries
+
+
+def _ports(v: dict[str, object], mode: str) -> list[Port]:
+    ports = [parse(value) for _, value in _list(v, "publish")]
+    if ports and not uses_helper(mode):
+        raise SpecError(f"-p/--publish needs --net=slirp4netns or --net=pasta, not --net={mode}",
+                        hint="with --net=host the command's ports are the host's already")
+    check_unique(ports)
+    return ports
+
+
+def _allow_host_loopback(v: dict[str, object], mode: str) -> bool:
+    if v.get("allow_host_loopback") and not uses_helper(mode):
+        raise SpecError(f"--allow-host-loopback needs --net=slirp4netns or --net=pasta, not --net={mode}")
+    return bool(v.get("allow_host_loopback"))
 
 
 def _pty(v: dict[str, object], tty: bool) -> bool:

@@ -21,7 +21,8 @@ from rootless.guard import run_child
 from rootless.spec import Spec
 
 
-def run(spec: Spec, chan: sync.Channel, parent_pid: int, fd_sock: object = None) -> int:
+def run(spec: Spec, chan: sync.Channel, parent_pid: int, fd_sock: object = None,
+        nested: tuple[int, int] | None = None) -> int:
     arm_death_signal(parent_pid)
     unshare_user()
     chan.send(sync.USERNS_READY)
@@ -32,7 +33,7 @@ def run(spec: Spec, chan: sync.Channel, parent_pid: int, fd_sock: object = None)
     unshare_rest(spec)
     pid = os.fork()
     if pid == 0:
-        run_child(chan, "init", lambda: init.run(spec, chan, fd_sock))
+        run_child(chan, "init", lambda: init.run(spec, chan, fd_sock, nested))
     chan.send(sync.INIT_STARTED, pid=pid)
     # From here on only init holds the pipes, so the parent sees EOF when PID 1 is gone.
     chan.close()

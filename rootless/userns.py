@@ -12,8 +12,6 @@ writing `deny` to /proc/PID/setgroups).
 from __future__ import annotations
 
 import os
-import select
-import time
 
 from rootless import log
 from rootless.errors import NamespaceError
@@ -99,17 +97,21 @@ def helper_argv(tool: str, pid: int, extents: list[Extent]) -> list[str]:
 class IdMapPlan:
     """How the parent will map stage-1's user namespace."""
 
-    __slots__ = ("mode", "uid_map", "gid_map", "reason", "newuidmap", "newgidmap")
+    __slots__ = ("mode", "uid_map", "gid_map", "reason", "newuidmap", "newgidmap", "nested")
 
     def __init__(self, mode: str, uid_map: list[Extent], gid_map: list[Extent],
-                 reason: str = "", newuidmap: str = "", newgidmap: str = ""):
+                 reason: str = "", newuidmap: str = "", newgidmap: str = "",
+                 nested: tuple[int, int] | None = None):
         self.mode, self.uid_map, self.gid_map, self.reason = mode, uid_map, gid_map, reason
         self.newuidmap, self.newgidmap = newuidmap, newgidmap
+        self.nested = nested      # (uid, gid) the command gets in a nested user namespace
 
     def describe(self) -> list[str]:
         lines = [f"id map ({self.mode}{': ' + self.reason if self.reason else ''})"]
         lines += [f"uid {i} -> {o} x{c}" for i, o, c in self.uid_map]
         lines += [f"gid {i} -> {o} x{c}" for i, o, c in self.gid_map]
+        if self.nested:
+            lines.append(f"nested user namespace: uid {self.nested[0]} -> 0, gid {self.nested[1]} -> 0")
         return lines
 
 
@@ -131,8 +133,13 @@ def no_new_privs_set(status_path: str = "/proc/self/status") -> bool:
 
 def plan_idmap(root: bool, uid: int, gid: int, name: str, path: str | None,
                nnp: bool, subuid: str = SUBUID, subgid: str = SUBGID) -> IdMapPlan:
-    """Choose subordinate-range maps through the helpers, or the single-id fallback."""
-    single = IdMapPlan("single", [(0 if root else uid, uid, 1)], [(0 if root else gid, gid, 1)])
+    """Choose subordinate-range maps through the helpers, or the single-id fallback.
+
+    With a single id and your own identity, the sandbox's user namespace maps it as 0,
+    and init gives the command a nested user namespace in which it is your uid again:
+    slirp4netns insists on setegid(0)/seteuid(0) in the namespace it joins, so without a
+    mapped 0 users with no subordinate ids (LDAP/SSSD users) would have no network."""
+    single = IdMapPlan("single", [(0, uid, 1)], [(0, gid, 1)], nested=None if root else (uid, gid))
     uranges = read_subids(subuid, name, uid)
     # subgid(5) lines are owned by a user (name or uid), like subuid(5) lines.
     granges = read_subids(subgid, name, uid)
@@ -177,41 +184,17 @@ def _map_text(extents: list[Extent]) -> str:
 
 
 def run_helper(argv: list[str]) -> None:
-    """Run a setuid helper; its stderr becomes the error. Never hangs (HELPER_TIMEOUT)."""
-    log.step(" ".join(argv))
-    r, w = os.pipe()
-    try:
-        pid = os.posix_spawn(argv[0], argv, os.environ,
-                             file_actions=[(os.POSIX_SPAWN_DUP2, w, 1), (os.POSIX_SPAWN_DUP2, w, 2)])
-    except OSError as e:
-        os.close(r)
-        os.close(w)
-        raise NamespaceError(f"cannot run `{argv[0]}`: {e.strerror}") from None
-    os.close(w)
-    output, finished = _read_until_eof(r, time.monotonic() + HELPER_TIMEOUT)
-    os.close(r)
-    if not finished:
-        os.kill(pid, 9)
-    _, status = os.waitpid(pid, 0)
+    """Run a setuid helper; its output becomes the error. Never hangs (HELPER_TIMEOUT)."""
+    from rootless import spawn
+
     tool = os.path.basename(argv[0])
-    if not finished:
+    try:
+        code, output = spawn.run(argv, HELPER_TIMEOUT)
+    except OSError as e:
+        raise NamespaceError(f"cannot run `{argv[0]}`: {e.strerror}") from None
+    if code is None:
         raise NamespaceError(f"`{tool}` did not finish within {HELPER_TIMEOUT:g} s")
-    if status != 0:
-        text = " ".join(output.decode(errors="replace").split()) or f"exit status {status >> 8}"
-        raise NamespaceError(f"`{' '.join(argv)}` failed: {text}",
+    if code != 0:
+        raise NamespaceError(f"`{' '.join(argv)}` failed: {output}",
                              hint=f"`{tool}` must be setuid root and your ranges in /etc/sub[ug]id "
                                   "must be valid; see rbox(1), HOST SETUP")
-
-
-def _read_until_eof(fd: int, deadline: float) -> tuple[bytes, bool]:
-    poller = select.poll()
-    poller.register(fd, select.POLLIN | select.POLLHUP)
-    out = b""
-    while True:
-        left = deadline - time.monotonic()
-        if left <= 0 or not poller.poll(left * 1000):
-            return out, False
-        chunk = os.read(fd, 4096)
-        if not chunk:
-            return out, True
-        out += chunk

@@ -43,6 +43,22 @@ def probe(name: str) -> str | None:
         if not userns.which("newuidmap", os.environ.get("PATH")):
             return "newuidmap not on PATH"
         return None
+    if name in ("slirp4netns", "pasta"):
+        from rootless.net import pasta, slirp
+
+        try:
+            (slirp if name == "slirp4netns" else pasta).preflight(os.environ.get("PATH"))
+        except Exception as e:  # noqa: BLE001 - the probe reports any reason
+            return str(getattr(e, "message", e))
+        return None
+    if name == "dns_stub":
+        import socket
+
+        try:
+            found = socket.gethostbyname("rbox-test.internal")
+        except OSError as e:
+            return f"no local resolver serving rbox-test.internal ({e}); .ci/run starts one"
+        return None if found == "198.51.100.7" else f"rbox-test.internal resolves to {found}"
     if name == "tmux":
         import shutil
 

@@ -47,9 +47,23 @@ def py(*code: str) -> list[str]:
     return ["--", sys.executable, PAYLOAD, *code]
 
 
-def live_processes() -> dict[int, str]:
-    """pid -> cmdline of every live process of ours (zombies excluded: a zombie has
-    already exited; reaping it is its parent's job, here often the host's PID 1)."""
+def our_uids() -> set[int] | None:
+    """Our uid and our subordinate uids: a helper that joined a sandbox's user namespace
+    as its root (slirp4netns --enable-sandbox) runs as one of the latter."""
+    import pwd
+
+    from rootless import userns
+
+    uid = os.getuid()
+    ranges = userns.read_subids(userns.SUBUID, pwd.getpwuid(uid).pw_name, uid)
+    return {uid} | {u for first, count in ranges for u in range(first, first + count)}
+
+
+def live_processes(owners: set[int] | None = None) -> dict[int, str]:
+    """pid -> cmdline of every live process owned by one of `owners` (default: our uid).
+    Zombies are left out: a zombie has already exited; reaping it is its parent's job,
+    here often the host's PID 1."""
+    owners = owners or {os.getuid()}
     found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
@@ -57,7 +71,7 @@ def live_processes() -> dict[int, str]:
         try:
             with open(f"/proc/{entry}/stat") as f:
                 state = f.read().rpartition(")")[2].split()[0]
-            if state in ("Z", "X") or os.stat(f"/proc/{entry}").st_uid != os.getuid():
+            if state in ("Z", "X") or os.stat(f"/proc/{entry}").st_uid not in owners:
                 continue
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 found[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace")

@@ -182,7 +182,7 @@ def test_clearenv_keeps_only_what_is_asked() -> None:
 
 
 def test_net_none_has_only_loopback_and_it_is_up() -> None:
-    r = run_rbox("run", *py("netdevs", "--", "loopback"))
+    r = run_rbox("run", "--net=none", *py("netdevs", "--", "loopback"))
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines() == ["netdevs=lo", "loopback=ok"]
 

@@ -78,13 +78,16 @@ def _path_without_newuidmap(tmp_path) -> str:
 @pytest.mark.parametrize("root", [False, True], ids=["own-id", "root"])
 def test_without_helpers_falls_back_to_a_single_id_with_one_warning(tmp_path, root: bool) -> None:
     path = _path_without_newuidmap(tmp_path)
-    r = run_rbox("run", *(["--root"] if root else []), *py("ids"), env={"PATH": path})
+    # --net=none: that PATH has no slirp4netns either.
+    r = run_rbox("run", "--net=none", *(["--root"] if root else []), *py("ids"), env={"PATH": path})
     assert r.returncode == 0, r.stderr
     f = facts(r.stdout)
-    inner_uid = 0 if root else os.getuid()
-    inner_gid = 0 if root else os.getgid()
-    assert f["uid_map"] == f"{inner_uid} {os.getuid()} 1"
-    assert f["gid_map"] == f"{inner_gid} {os.getgid()} 1"
+    assert (f["uid"], f["gid"]) == (("0", "0") if root else (str(os.getuid()), str(os.getgid())))
+    if root:
+        assert (f["uid_map"], f["gid_map"]) == (f"0 {os.getuid()} 1", f"0 {os.getgid()} 1")
+    else:
+        # Your own id, in a user namespace nested in the one that maps it as 0.
+        assert (f["uid_map"], f["gid_map"]) == (f"{os.getuid()} 0 1", f"{os.getgid()} 0 1")
     assert f["setgroups"] == "deny"
     warnings = [line for line in r.stderr.splitlines() if line]
     assert warnings == ["rbox: warning: mapping only your own uid and gid (newuidmap/newgidmap not found "
@@ -105,9 +108,10 @@ def test_user_without_subordinate_ids_falls_back_with_a_warning(tmp_path) -> Non
 
 @pytest.mark.nosubid
 def test_user_without_subordinate_ids_still_gets_a_full_sandbox(tmp_path) -> None:
-    r = run_rbox("run", *py("pids", "--", "write", "/usr/rbox-test", "--", "status"), cwd=tmp_path)
+    r = run_rbox("run", *py("pids", "--", "write", "/usr/rbox-test", "--", "status", "--", "netdevs"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     f = facts(r.stdout)
+    assert f["netdevs"] == "lo tap0"
     assert f["write"] == "EROFS"
     assert f["NoNewPrivs"] == "1"
     assert f["self"] == "2"
@@ -117,10 +121,13 @@ def test_user_without_subordinate_ids_still_gets_a_full_sandbox(tmp_path) -> Non
 def test_no_new_privs_session_falls_back_instead_of_hanging(tmp_path) -> None:
     setpriv = shutil.which("setpriv")
     assert setpriv, "setpriv (util-linux) is part of every Debian system"
-    r = run_rbox("run", *py("ids"), cwd=tmp_path, wrapper=(setpriv, "--no-new-privs"))
+    r = run_rbox("run", *py("ids", "--", "netdevs"), cwd=tmp_path, wrapper=(setpriv, "--no-new-privs"))
     assert r.returncode == 0, r.stderr
     assert "no_new_privs is set on this session" in r.stderr
-    assert facts(r.stdout)["setgroups"] == "deny"
+    f = facts(r.stdout)
+    assert (f["setgroups"], f["uid"]) == ("deny", str(os.getuid()))
+    # The default network works with a single id too (slirp4netns needs a mapped 0).
+    assert f["netdevs"] == "lo tap0"
 
 
 @pytest.mark.needs_install

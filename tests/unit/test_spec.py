@@ -16,7 +16,8 @@ def make(argv: list[str], environ: dict[str, str] | None = None, cwd: str = "/wo
 
 def test_defaults() -> None:
     s = make(["run", "true"])
-    assert (s.command, s.root, s.net, s.home_mode) == (["true"], False, "none", "ro")
+    assert (s.command, s.root, s.net, s.home_mode) == (["true"], False, "slirp4netns", "ro")
+    assert (s.ports, s.allow_host_loopback) == ([], False)
     assert (s.hostname, s.workdir) == ("rbox", "/work")
     assert s.uid == os.getuid()
 

@@ -104,14 +104,18 @@ def test_plan_falls_back_to_a_single_id_with_the_reason(host, change: str, reaso
         nnp = True
     plan = userns.plan_idmap(False, 1000, 1001, "alice", path, nnp)
     assert (plan.mode, plan.reason) == ("single", reason)
-    assert plan.uid_map == [(1000, 1000, 1)]
-    assert plan.gid_map == [(1001, 1001, 1)]
+    # Mapped as 0 (the network helpers need a mapped 0); the command gets its own ids
+    # back in a nested user namespace.
+    assert plan.uid_map == [(0, 1000, 1)]
+    assert plan.gid_map == [(0, 1001, 1)]
+    assert plan.nested == (1000, 1001)
 
 
 def test_single_plan_for_root_maps_0(host) -> None:
     host.remove("/etc/subuid")
     plan = userns.plan_idmap(True, 1000, 1001, "alice", "/usr/bin", False)
     assert plan.uid_map == [(0, 1000, 1)] and plan.gid_map == [(0, 1001, 1)]
+    assert plan.nested is None
 
 
 @pytest.mark.parametrize(("value", "expected"), [("0", False), ("1", True)])

@@ -1,0 +1,117 @@
+"""The pasta driver (Debian package passt): the same network as slirp4netns, faster.
+
+Runs in: parent.
+
+pasta joins PID 1's user and network namespaces and configures the interface itself
+(`--config-net`) with the same addresses as slirp4netns. It runs in the foreground
+under a watchdog shell that rbox starts:
+
+    "$@" & p=$!; (read _ <&3; kill -TERM "$p") & wait "$p"
+
+Fd 3 is a pipe whose write end only rbox holds. When rbox exits, even by SIGKILL and even
+in the middle of setting up, the kernel closes that end, the read returns and pasta is
+stopped: pasta has no --exit-fd, and the version in Debian 12 does not exit when the
+sandbox's namespaces go away. The shell itself exits when pasta does, so a pasta that
+fails at once is noticed at once.
+
+pasta's `--pid FILE` is a FIFO that rbox holds open for reading: pasta writes its pid
+there once the namespace is configured, which makes it a ready fd (EOF means pasta
+failed first). The FIFO's private directory is removed right after.
+Choices, after podman's (options/network.md): `-T none -U none` (no automatic forwarding
+of the host's ports into the sandbox, which would open the host's loopback services),
+`--no-map-gw` unless --allow-host-loopback (the gateway would reach the host's loopback),
+`--dns-forward` so that 10.0.2.3 answers DNS as under slirp4netns.
+"""
+
+from __future__ import annotations
+
+import os
+
+from rootless import log, net, spawn
+from rootless.errors import HostSetupError
+from rootless.net.ports import Port
+from rootless.net.slirp import READY_TIMEOUT, NetworkError, check_tun, private_dir, remove_dir
+from rootless.userns import which
+
+
+def preflight(path: str | None) -> str:
+    binary = which("pasta", path)
+    if binary is None:
+        raise HostSetupError("pasta is not installed (Debian package `passt`)",
+                             hint="an administrator can install it; --net=slirp4netns (the default) or "
+                                  "--net=none run without it")
+    check_tun()
+    return binary
+
+
+def port_spec(ports: list[Port], proto: str) -> str:
+    """pasta's -t/-u SPEC for our ports: ADDR/HOST_PORT:GUEST_PORT,... or `none` (pure)."""
+    chosen = [f"{p.host_ip}/{p.host_port}:{p.guest_port}" for p in ports if p.proto == proto]
+    return ",".join(chosen) or "none"
+
+
+def build_argv(binary: str, init_pid: int, allow_host_loopback: bool, ports: list[Port],
+               pid_path: str) -> list[str]:
+    argv = [binary, "--config-net", "--quiet", "--ns-ifname", net.TAP, "--address", net.GUEST_IP,
+            "--netmask", str(net.PREFIX), "--gateway", net.GATEWAY, "--mtu", str(net.MTU),
+            "--dns-forward", net.DNS, "--tcp-ports", port_spec(ports, "tcp"),
+            "--udp-ports", port_spec(ports, "udp"), "--tcp-ns", "none", "--udp-ns", "none",
+            "--pid", pid_path]
+    if not allow_host_loopback:
+        argv.append("--no-map-gw")
+    return [*argv, str(init_pid)]
+
+
+WATCHDOG = '"$@" & p=$!; (read _ <&3; kill -TERM "$p" 2>/dev/null) & wait "$p"'
+
+
+class PastaDriver:
+    def __init__(self, binary: str, allow_host_loopback: bool, ports: list[Port]):
+        self.binary, self.allow_host_loopback, self.ports = binary, allow_host_loopback, ports
+        self.watchdog: spawn.Helper | None = None
+        self.lifeline: int | None = None
+
+    def start(self, init_pid: int, abort_fd: int | None = None) -> None:
+        if self.ports:
+            from rootless.net import api
+
+            for port in self.ports:
+                api.check_free(port)
+        private = private_dir()
+        fifo = f"{private}/ready"
+        os.mkfifo(fifo, 0o600)
+        ready = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)   # before pasta opens it to write
+        lifeline_r, self.lifeline = os.pipe()
+        try:
+            argv = build_argv(self.binary, init_pid, self.allow_host_loopback, self.ports, fifo)
+            self.watchdog = spawn.Helper(["/bin/sh", "-c", WATCHDOG, "rbox-pasta", argv[0], "--foreground",
+                                          *argv[1:]], {lifeline_r: 3})
+            os.close(lifeline_r)
+            self._wait_ready(ready, abort_fd)
+        finally:
+            os.close(ready)
+            remove_dir(private)
+
+    def _wait_ready(self, ready: int, abort_fd: int | None) -> None:
+        assert self.watchdog is not None
+        pid = b""
+        if self.watchdog.wait_readable(ready, READY_TIMEOUT, abort_fd):
+            pid = os.read(ready, 64).strip()
+        if pid.isdigit():
+            log.step(f"pasta is ready (pid {int(pid)})")
+            return
+        status = self.watchdog.wait_exit(1.0)
+        if status is None:
+            raise NetworkError(f"pasta did not finish setting up within {READY_TIMEOUT:g} s: "
+                               f"{self.watchdog.output_tail()}")
+        raise NetworkError(f"pasta failed with status {os.waitstatus_to_exitcode(status)}: "
+                           f"{self.watchdog.output_tail()}")
+
+    def stop(self) -> None:
+        if self.lifeline is not None:
+            os.close(self.lifeline)        # the watchdog stops pasta and exits
+            self.lifeline = None
+        if self.watchdog is not None:
+            self.watchdog.wait_exit(2.0)
+            self.watchdog.stop()
+            self.watchdog = None

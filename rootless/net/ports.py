@@ -1,0 +1,64 @@
+"""-p/--publish: parsing and checking, before anything starts.
+
+Runs in: parent.
+"""
+
+from __future__ import annotations
+
+from rootless.errors import SpecError
+
+DEFAULT_HOST_IP = "127.0.0.1"   # a login node is shared: 0.0.0.0 must be asked for
+
+
+class Port:
+    __slots__ = ("host_ip", "host_port", "guest_port", "proto")
+
+    def __init__(self, host_ip: str, host_port: int, guest_port: int, proto: str):
+        self.host_ip, self.host_port, self.guest_port, self.proto = host_ip, host_port, guest_port, proto
+
+    def __repr__(self) -> str:
+        return f"{self.host_ip}:{self.host_port}->{self.guest_port}/{self.proto}"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Port) and repr(self) == repr(other)
+
+    def __hash__(self) -> int:
+        return hash(repr(self))
+
+
+def parse(spec: str) -> Port:
+    """[HOST_IP:]HOST_PORT:SANDBOX_PORT[/tcp|/udp] -> Port."""
+    body, _, proto = spec.partition("/")
+    proto = proto or "tcp"
+    if proto not in ("tcp", "udp"):
+        raise SpecError(f"invalid protocol `{proto}` in -p {spec}", hint="use /tcp or /udp")
+    parts = body.split(":")
+    if len(parts) == 2:
+        parts.insert(0, DEFAULT_HOST_IP)
+    if len(parts) != 3:
+        raise SpecError(f"invalid -p {spec}", hint="use [HOST_IP:]HOST_PORT:SANDBOX_PORT[/tcp|/udp]")
+    host_ip = parts[0] or DEFAULT_HOST_IP
+    if not _is_ipv4(host_ip):
+        raise SpecError(f"invalid host address `{host_ip}` in -p {spec}",
+                        hint="an IPv4 address such as 127.0.0.1 (the default) or 0.0.0.0 for every interface")
+    return Port(host_ip, _port(parts[1], spec), _port(parts[2], spec), proto)
+
+
+def _port(text: str, spec: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise SpecError(f"invalid port `{text}` in -p {spec}", hint="ports are 1 to 65535")
+    return int(text)
+
+
+def _is_ipv4(text: str) -> bool:
+    parts = text.split(".")
+    return len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts)
+
+
+def check_unique(ports: list[Port]) -> None:
+    seen = set()
+    for p in ports:
+        key = (p.host_ip, p.host_port, p.proto)
+        if key in seen:
+            raise SpecError(f"host port {p.host_ip}:{p.host_port}/{p.proto} is published twice")
+        seen.add(key)

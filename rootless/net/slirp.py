@@ -1,0 +1,202 @@
+"""The slirp4netns driver: user-mode networking from outside the sandbox.
+
+Runs in: parent.
+
+slirp4netns joins PID 1's user and network namespaces, creates tap0 and configures it
+(`--configure`), and relays its traffic through ordinary sockets of the host. rbox:
+- detects what the installed version offers from its --help (rootlesskit's
+  DetectFeatures); `detect_features` is pure and tested on several versions' texts;
+- passes `--disable-host-loopback` unless --allow-host-loopback: otherwise 10.0.2.2
+  reaches every service on the host's 127.0.0.1 (other users' notebooks, databases);
+- passes `--enable-sandbox` and `--enable-seccomp` when offered;
+- waits for `--ready-fd` with a deadline while watching the process (it may die first);
+- holds the write end of `--exit-fd`: when rbox exits, even by SIGKILL, the kernel
+  closes it and slirp4netns exits (slirp4netns(1): "exits when a poll(2) event happens
+  on the FD"), so slirp4netns never outlives the sandbox;
+- publishes ports through the API socket, which is unlinked as soon as that is done.
+"""
+
+from __future__ import annotations
+
+import os
+
+from rootless import log, net, spawn
+from rootless.errors import HostSetupError, RboxError
+from rootless.net.ports import Port
+from rootless.userns import which
+
+KNOWN = ("--configure", "--ready-fd", "--exit-fd", "--mtu", "--api-socket", "--disable-host-loopback",
+         "--enable-sandbox", "--enable-seccomp", "--netns-type", "--userns-path", "--disable-dns")
+REQUIRED = ("--configure", "--ready-fd", "--exit-fd", "--mtu")
+READY_FD, EXIT_FD = 3, 4
+READY_TIMEOUT = 10.0
+
+
+class NetworkError(RboxError):
+    """A network helper failed."""
+
+
+def detect_features(help_text: str) -> frozenset[str]:
+    """The long options this slirp4netns offers, from its --help output (pure).
+
+    Only an option that starts a line counts (`-c, --configure  bring up ...`): the
+    descriptions mention other options, which a plain substring search would take for
+    offered ones."""
+    offered = set()
+    for line in help_text.splitlines():
+        for word in line.replace(",", " ").split()[:2]:
+            if word.startswith("--"):
+                offered.add(word.partition("=")[0])
+    return frozenset(opt for opt in KNOWN if opt in offered)
+
+
+def build_argv(binary: str, features: frozenset[str], init_pid: int, allow_host_loopback: bool,
+               api_socket: str | None) -> list[str]:
+    """The command line (pure): the issue's defaults, what the version supports."""
+    argv = [binary, "--configure", f"--mtu={net.MTU}", f"--ready-fd={READY_FD}", f"--exit-fd={EXIT_FD}"]
+    if not allow_host_loopback:
+        argv.append("--disable-host-loopback")
+    for hardening in ("--enable-sandbox", "--enable-seccomp"):
+        if hardening in features:
+            argv.append(hardening)
+    if api_socket:
+        argv.append(f"--api-socket={api_socket}")
+    return [*argv, str(init_pid), net.TAP]
+
+
+def check_features(features: frozenset[str], allow_host_loopback: bool, publish: bool) -> None:
+    missing = [opt for opt in REQUIRED if opt not in features]
+    if not allow_host_loopback and "--disable-host-loopback" not in features:
+        # Without it, the host's loopback services are open to the sandbox: refuse.
+        missing.append("--disable-host-loopback")
+    if publish and "--api-socket" not in features:
+        missing.append("--api-socket")
+    if missing:
+        raise HostSetupError(f"the installed slirp4netns is too old: it lacks {', '.join(missing)}",
+                             hint="install slirp4netns 0.4.0 or later, or run with --net=pasta or --net=none")
+
+
+def preflight(path: str | None) -> str:
+    """The slirp4netns binary, after the host checks that can be made before forking."""
+    binary = which("slirp4netns", path)
+    if binary is None:
+        raise HostSetupError("slirp4netns is not installed (Debian package `slirp4netns`)",
+                             hint="an administrator can install it; --net=none runs without a network")
+    check_tun()
+    return binary
+
+
+def check_tun(device: str = "/dev/net/tun") -> None:
+    if not os.access(device, os.R_OK | os.W_OK):
+        raise HostSetupError(f"cannot use `{device}`: permission denied (it is not mode 0666)",
+                             hint=f"an administrator can run `chmod 0666 {device}` (udev's default on Debian) "
+                                  "; --net=none runs without a network")
+
+
+def probe_features(binary: str) -> frozenset[str]:
+    code, text = spawn.run([binary, "--help"], timeout=5.0, whole=True)
+    if code is None:
+        raise NetworkError(f"`{binary} --help` did not finish within 5 s")
+    return detect_features(text)
+
+
+class SlirpDriver:
+    """One slirp4netns process serving one sandbox."""
+
+    def __init__(self, binary: str, allow_host_loopback: bool, ports: list[Port]):
+        self.binary, self.allow_host_loopback, self.ports = binary, allow_host_loopback, ports
+        self.helper: spawn.Helper | None = None
+        self.exit_w: int | None = None
+
+    def start(self, init_pid: int, abort_fd: int | None = None) -> None:
+        features = probe_features(self.binary)
+        check_features(features, self.allow_host_loopback, bool(self.ports))
+        api_dir = private_dir() if self.ports else None
+        api = f"{api_dir}/slirp.sock" if api_dir else None
+        ready_r, ready_w = os.pipe()
+        exit_r, self.exit_w = os.pipe()
+        try:
+            argv = build_argv(self.binary, features, init_pid, self.allow_host_loopback, api)
+            # With --enable-sandbox, slirp4netns creates the API socket as root of the
+            # sandbox's user namespace, which is a subordinate uid in the own-identity
+            # map: with the usual umask, rbox could not connect to it. The socket's
+            # directory is private (0700), so a permissive mode on the socket is safe.
+            umask = os.umask(0) if api else None
+            try:
+                self.helper = spawn.Helper(argv, {ready_w: READY_FD, exit_r: EXIT_FD})
+            finally:
+                if umask is not None:
+                    os.umask(umask)
+            os.close(ready_w)
+            os.close(exit_r)
+            self._wait_ready(ready_r, abort_fd)
+            if api:
+                from rootless.net import api as slirp_api
+
+                for port in self.ports:
+                    slirp_api.add_hostfwd(api, port)
+        finally:
+            os.close(ready_r)
+            if api_dir:
+                remove_dir(api_dir)
+
+    def _wait_ready(self, ready_r: int, abort_fd: int | None) -> None:
+        assert self.helper is not None
+        if self.helper.wait_readable(ready_r, READY_TIMEOUT, abort_fd) and os.read(ready_r, 1) == b"1":
+            log.step("slirp4netns is ready")
+            return
+        status = self.helper.poll_exit()
+        if status is None:
+            raise NetworkError(f"slirp4netns did not become ready within {READY_TIMEOUT:g} s: "
+                               f"{self.helper.output_tail()}")
+        raise NetworkError(f"slirp4netns exited with status {os.waitstatus_to_exitcode(status)} before "
+                           f"becoming ready: {self.helper.output_tail()}", hint=_hint(self.helper.output_tail()))
+
+    def stop(self) -> None:
+        if self.exit_w is not None:
+            os.close(self.exit_w)      # slirp4netns exits on this (its --exit-fd)
+            self.exit_w = None
+        if self.helper is not None:
+            self.helper.wait_exit(1.0)
+            self.helper.stop()
+            self.helper = None
+
+
+def _hint(output: str) -> str | None:
+    if "/dev/net/tun" in output:
+        return "an administrator can run `chmod 0666 /dev/net/tun`; --net=none runs without a network"
+    return None
+
+
+def private_dir() -> str:
+    """A fresh 0700 directory for a helper's socket or pid file, in $XDG_RUNTIME_DIR
+    when there is one. It lives only during setup; one left by an rbox that was killed
+    meanwhile (its pid is in the name) is removed by the next rbox."""
+    base = os.environ.get("XDG_RUNTIME_DIR")
+    if not base or not os.access(base, os.W_OK):
+        base = "/tmp"
+    _remove_stale(base)
+    path = f"{base}/rbox-{os.getpid()}-{os.urandom(4).hex()}"
+    os.mkdir(path, 0o700)
+    return path
+
+
+def _remove_stale(base: str) -> None:
+    try:
+        names = [n for n in os.listdir(base) if n.startswith("rbox-")]
+    except OSError:
+        return
+    for name in names:
+        pid = name.split("-")[1]
+        path = f"{base}/{name}"
+        try:
+            if pid.isdigit() and not os.path.exists(f"/proc/{pid}") and os.stat(path).st_uid == os.getuid():
+                remove_dir(path)
+        except OSError:
+            continue
+
+
+def remove_dir(path: str) -> None:
+    for name in os.listdir(path):
+        os.unlink(f"{path}/{name}")
+    os.rmdir(path)

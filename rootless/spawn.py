@@ -1,0 +1,112 @@
+"""Starting the host-side helpers (newuidmap, slirp4netns, pasta) and watching them.
+
+Runs in: parent.
+
+Helpers are started with posix_spawn (the `subprocess` module costs milliseconds to
+import). Their output goes to an anonymous memfd, not a pipe that nobody drains and not
+a file that could be left behind; it is read only to explain a failure. Every wait has a
+deadline and watches the helper's pidfd, so a helper that dies or hangs is reported,
+never waited on forever (rootlesskit's waitForReadyFD).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import time
+
+from rootless import log
+
+ALL_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
+
+
+class Aborted(Exception):
+    """The sandbox spoke (or died) while we waited for a helper: its word comes first."""
+
+
+class Helper:
+    def __init__(self, argv: list[str], pass_fds: dict[int, int] | None = None):
+        """Spawn argv; pass_fds maps our fd -> the fd number the helper sees it as."""
+        self.name = os.path.basename(argv[0])
+        self.argv = argv
+        self.output = os.memfd_create(f"rbox-{self.name}", os.MFD_CLOEXEC)
+        actions: list[tuple[object, ...]] = [(os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
+                                             (os.POSIX_SPAWN_DUP2, self.output, 1),
+                                             (os.POSIX_SPAWN_DUP2, self.output, 2)]
+        actions += [(os.POSIX_SPAWN_DUP2, ours, theirs) for ours, theirs in (pass_fds or {}).items()]
+        log.step(" ".join(argv))
+        # Every signal at its default and none blocked: Python ignores SIGPIPE and
+        # SIGXFSZ, exec would pass that on, and pasta (2023) then refuses to start
+        # ("Couldn't install signal handlers"); rbox also blocks the forwarded signals.
+        # A process group of its own: the keys of rbox's terminal (Ctrl-C, Ctrl-Z) are
+        # for the command, not for slirp4netns, which would die or stop with it.
+        self.pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions,
+                                  setsigmask=(), setsigdef=ALL_SIGNALS, setpgroup=0)
+        self.pidfd = os.pidfd_open(self.pid)
+        self.status: int | None = None
+
+    def output_text(self) -> str:
+        """Everything the helper wrote to stdout and stderr (at most 64 KiB)."""
+        os.lseek(self.output, 0, os.SEEK_SET)
+        return os.read(self.output, 1 << 16).decode(errors="replace")
+
+    def output_tail(self, limit: int = 600) -> str:
+        """The end of the output on one line, for an error message."""
+        # pasta without a syslog socket says `Failed to send N bytes to syslog` per line.
+        lines = [line for line in self.output_text().splitlines() if line.strip() and "Failed to send" not in line]
+        return " / ".join(lines)[-limit:] or "no output"
+
+    def poll_exit(self) -> int | None:
+        """The wait status once the helper has exited (reaped once), else None."""
+        if self.status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.status = status
+        return self.status
+
+    def wait_exit(self, timeout: float) -> int | None:
+        if select.select([self.pidfd], [], [], timeout)[0]:
+            return self.poll_exit()
+        return self.poll_exit()
+
+    def wait_readable(self, fd: int, timeout: float, abort_fd: int | None = None) -> bool:
+        """True when fd became readable; False when the helper exited first or the
+        deadline passed (check poll_exit() to tell which). Raises Aborted when abort_fd
+        becomes readable first (the sandbox's setup channel: PID 1 failed or spoke)."""
+        deadline = time.monotonic() + timeout
+        watched = [fd, self.pidfd] + ([abort_fd] if abort_fd is not None else [])
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return False
+            ready = select.select(watched, [], [], left)[0]
+            if fd in ready:
+                return True
+            if abort_fd is not None and abort_fd in ready:
+                raise Aborted(self.name)
+            if self.pidfd in ready:
+                return False
+
+    def stop(self, timeout: float = 2.0) -> None:
+        """SIGTERM, a grace period, SIGKILL; always reaped; the memfd closed."""
+        if self.poll_exit() is None:
+            try:
+                os.kill(self.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            if self.wait_exit(timeout) is None:
+                os.kill(self.pid, signal.SIGKILL)
+                _, self.status = os.waitpid(self.pid, 0)
+        os.close(self.pidfd)
+        os.close(self.output)
+
+
+def run(argv: list[str], timeout: float, whole: bool = False) -> tuple[int | None, str]:
+    """Run a short-lived helper to the end: (exit code or None on timeout, its output,
+    whole or as the one-line tail for messages)."""
+    helper = Helper(argv)
+    status = helper.wait_exit(timeout)
+    output = helper.output_text() if whole else helper.output_tail()
+    helper.stop()
+    return (None if status is None else os.waitstatus_to_exitcode(status)), output
