@@ -21,7 +21,7 @@ from rootless import log, mounts, net, payload, rootfs, sync
 from rootless import syscalls as sc
 from rootless.errors import NamespaceError, waitstatus_to_code
 from rootless.net import loopback  # noqa: F401 - imported before pivot_root (see above)
-from rootless.signals import FORWARDED, SI_KERNEL, block
+from rootless.signals import FORWARDED, block
 from rootless.spec import Spec
 
 LEFTOVER_GRACE = 2.0
@@ -29,6 +29,11 @@ LEFTOVER_GRACE = 2.0
 
 def run(spec: Spec, chan: sync.Channel, fd_sock: object = None, nested: tuple[int, int] | None = None) -> int:
     sc.set_pdeathsig(signal.SIGKILL)           # tied to stage-1, which never exits first
+    # A process group of its own: a key of rbox's terminal (Ctrl-C under -T) then
+    # reaches rbox only, which forwards it. Were init in rbox's group too, the terminal's
+    # copy and rbox's copy could merge into one pending signal (standard signals do not
+    # queue) and nothing could tell which one to drop: Ctrl-C would sometimes be lost.
+    os.setpgid(0, 0)
     block(FORWARDED + (signal.SIGCHLD,))
     rootfs.build(mounts.optimize(mounts.plan(spec)))
     set_hostname(spec.hostname)
@@ -89,9 +94,7 @@ def supervise(command: int) -> int:
         if code is not None:
             return code
         info = signal.sigwaitinfo(waited)
-        # A signal the terminal sent (SI_KERNEL) went to the whole foreground group,
-        # which the command is in: forwarding it would deliver it twice.
-        if info.si_signo != signal.SIGCHLD and info.si_code != SI_KERNEL:
+        if info.si_signo != signal.SIGCHLD:
             try:
                 os.kill(command, info.si_signo)
             except ProcessLookupError:

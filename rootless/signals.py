@@ -7,9 +7,8 @@ them blocked too: stage-1 never reacts to them (it only waits for init), init ta
 with sigwaitinfo(). The parent reads them from a signalfd, so that a signal during setup
 aborts it cleanly and one during the run is forwarded to PID 1.
 
-init is in rbox's process group, so a key the caller's terminal turns into a signal
-(Ctrl-C with `-T`) reaches init directly too, with si_code SI_KERNEL. init forwards only
-what the parent sends (SI_USER), so the command gets such a signal exactly once.
+init has a process group of its own (init.py says why), so every signal it gets is
+meant for the command, and it forwards them all.
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from rootless.syscalls import libc
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
              signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
 TERMINATING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
-SI_KERNEL = 0x80
 SFD_CLOEXEC = 0o2000000
 
 

@@ -26,6 +26,7 @@ of the host's ports into the sandbox, which would open the host's loopback servi
 from __future__ import annotations
 
 import os
+import signal
 
 from rootless import log, net, spawn
 from rootless.errors import HostSetupError
@@ -70,6 +71,7 @@ class PastaDriver:
         self.binary, self.allow_host_loopback, self.ports = binary, allow_host_loopback, ports
         self.watchdog: spawn.Helper | None = None
         self.lifeline: int | None = None
+        self.pid = 0
 
     def start(self, init_pid: int, abort_fd: int | None = None) -> None:
         if self.ports:
@@ -98,7 +100,8 @@ class PastaDriver:
         if self.watchdog.wait_readable(ready, READY_TIMEOUT, abort_fd):
             pid = os.read(ready, 64).strip()
         if pid.isdigit():
-            log.step(f"pasta is ready (pid {int(pid)})")
+            self.pid = int(pid)
+            log.step(f"pasta is ready (pid {self.pid})")
             return
         status = self.watchdog.wait_exit(1.0)
         if status is None:
@@ -108,10 +111,16 @@ class PastaDriver:
                            f"{self.watchdog.output_tail()}")
 
     def stop(self) -> None:
+        """The sandbox is gone: kill pasta at once; its watchdog shell then exits."""
+        if self.pid:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.pid = 0
         if self.lifeline is not None:
-            os.close(self.lifeline)        # the watchdog stops pasta and exits
+            os.close(self.lifeline)        # the watchdog's reader exits too
             self.lifeline = None
         if self.watchdog is not None:
-            self.watchdog.wait_exit(2.0)
-            self.watchdog.stop()
+            self.watchdog.kill_now()       # its pasta is dead; it would only wait for it
             self.watchdog = None

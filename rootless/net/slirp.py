@@ -19,6 +19,7 @@ slirp4netns joins PID 1's user and network namespaces, creates tap0 and configur
 from __future__ import annotations
 
 import os
+import signal
 
 from rootless import log, net, spawn
 from rootless.errors import HostSetupError, RboxError
@@ -93,10 +94,13 @@ def check_tun(device: str = "/dev/net/tun") -> None:
                                   "; --net=none runs without a network")
 
 
-def probe_features(binary: str) -> frozenset[str]:
-    code, text = spawn.run([binary, "--help"], timeout=5.0, whole=True)
-    if code is None:
-        raise NetworkError(f"`{binary} --help` did not finish within 5 s")
+def probe_features(probe: spawn.Helper) -> frozenset[str]:
+    """The features, from a `slirp4netns --help` started earlier (see SlirpDriver)."""
+    status = probe.wait_exit(5.0)
+    text = probe.output_text()
+    probe.stop()
+    if status is None:
+        raise NetworkError(f"`{probe.argv[0]} --help` did not finish within 5 s")
     return detect_features(text)
 
 
@@ -107,9 +111,13 @@ class SlirpDriver:
         self.binary, self.allow_host_loopback, self.ports = binary, allow_host_loopback, ports
         self.helper: spawn.Helper | None = None
         self.exit_w: int | None = None
+        # Asked now, answered while the id maps are written: off the critical path.
+        self.probe: spawn.Helper | None = spawn.Helper([binary, "--help"])
 
     def start(self, init_pid: int, abort_fd: int | None = None) -> None:
-        features = probe_features(self.binary)
+        assert self.probe is not None
+        features = probe_features(self.probe)
+        self.probe = None
         check_features(features, self.allow_host_loopback, bool(self.ports))
         api_dir = private_dir() if self.ports else None
         api = f"{api_dir}/slirp.sock" if api_dir else None
@@ -153,13 +161,17 @@ class SlirpDriver:
                            f"becoming ready: {self.helper.output_tail()}", hint=_hint(self.helper.output_tail()))
 
     def stop(self) -> None:
-        if self.exit_w is not None:
-            os.close(self.exit_w)      # slirp4netns exits on this (its --exit-fd)
-            self.exit_w = None
+        """The sandbox is gone: nothing is left for slirp4netns to finish, so it is
+        killed at once (see spawn.Helper.kill_now)."""
+        if self.probe is not None:
+            self.probe.stop(signo=signal.SIGKILL)
+            self.probe = None
         if self.helper is not None:
-            self.helper.wait_exit(1.0)
-            self.helper.stop()
+            self.helper.kill_now()
             self.helper = None
+        if self.exit_w is not None:
+            os.close(self.exit_w)
+            self.exit_w = None
 
 
 def _hint(output: str) -> str | None:

@@ -3,6 +3,8 @@ read with capture-pane. Every wait polls the screen with a deadline; no fixed sl
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import shutil
 import subprocess
@@ -19,9 +21,13 @@ class Terminal:
         # A plain interactive bash, with a prompt the tests can wait for.
         self._tmux("new-session", "-d", "-s", "t", "-x", str(width), "-y", str(height), "-c", cwd,
                    "env PS1='outer$ ' bash --norc --noprofile -i")
-        self.wait_for(r"outer\$")
-        self.line("echo outer-pid=$$")
-        self.shell_pid = int(self.wait_for(r"^outer-pid=(\d+)$").group(1))
+        try:
+            self.wait_for(r"outer\$")
+            self.line("echo outer-pid=$$")
+            self.shell_pid = int(self.wait_for(r"^outer-pid=(\d+)$").group(1))
+        except BaseException:
+            self.close()   # a failed start must not leave a tmux server behind
+            raise
 
     def _tmux(self, *args: str) -> str:
         r = subprocess.run([self.tmux, "-L", self.socket, *args], capture_output=True, text=True, timeout=30)
@@ -65,4 +71,9 @@ class Terminal:
         self._tmux("resize-window", "-t", "t", "-x", str(width), "-y", str(height))
 
     def close(self) -> None:
+        socket_path = self._tmux("display-message", "-p", "#{socket_path}").strip()
         subprocess.run([self.tmux, "-L", self.socket, "kill-server"], capture_output=True, timeout=30)
+        if socket_path:
+            # kill-server leaves the socket file behind in /tmp/tmux-UID.
+            with contextlib.suppress(OSError):
+                os.unlink(socket_path)
