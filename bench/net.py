@@ -66,10 +66,17 @@ def by_hand(seconds: int, port: int) -> float:
         holder.wait()
 
 
+def in_rbox(rbox: list[str], net: str, seconds: int, port: int) -> float:
+    out = subprocess.run([*rbox, "run", f"--net={net}", "--allow-host-loopback", "--",
+                          *client(seconds, "10.0.2.2", port)], capture_output=True, text=True, check=True).stdout
+    return gbits(out)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seconds", type=int, default=3)
     parser.add_argument("-n", "--rounds", type=int, default=20, help="rounds for the start-up times")
+    parser.add_argument("--tput-rounds", type=int, default=3, help="interleaved rounds of each throughput run")
     args = parser.parse_args()
     if not shutil.which("iperf3"):
         sys.exit("iperf3 is needed (Debian package iperf3)")
@@ -79,20 +86,25 @@ def main() -> None:
     server = subprocess.Popen(["iperf3", "-s", "-B", "127.0.0.1", "-p", str(port)],
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     time.sleep(0.5)
+    runs = {
+        "host loopback (no sandbox)": lambda: gbits(subprocess.run(
+            client(args.seconds, "127.0.0.1", port), capture_output=True, text=True, check=True).stdout),
+        "rbox --net=slirp4netns": lambda: in_rbox(rbox, "slirp4netns", args.seconds, port),
+        "rbox --net=pasta": lambda: in_rbox(rbox, "pasta", args.seconds, port),
+        "slirp4netns by hand": lambda: by_hand(args.seconds, port),
+    }
+    samples: dict[str, list[float]] = {name: [] for name in runs}
     try:
-        rates = {"host loopback (no sandbox)": gbits(subprocess.run(
-            client(args.seconds, "127.0.0.1", port), capture_output=True, text=True, check=True).stdout)}
-        for net in ("slirp4netns", "pasta"):
-            out = subprocess.run([*rbox, "run", f"--net={net}", "--allow-host-loopback", "--",
-                                  *client(args.seconds, "10.0.2.2", port)], capture_output=True, text=True,
-                                 check=True).stdout
-            rates[f"rbox --net={net}"] = gbits(out)
-        rates["slirp4netns by hand"] = by_hand(args.seconds, port)
+        for _ in range(args.tput_rounds):          # interleaved: noise hits every backend alike
+            for name, run in runs.items():
+                samples[name].append(run())
     finally:
         server.kill()
         server.wait()
+    rates = {name: statistics.median(values) for name, values in samples.items()}
     base = rates["host loopback (no sandbox)"]
-    print(f"{'throughput to the host':<30} {'Gbit/s':>8} {'vs host':>8}")
+    print(f"{'throughput to the host':<30} {'Gbit/s':>8} {'vs host':>8}   "
+          f"(median of {args.tput_rounds} interleaved {args.seconds} s runs)")
     for name, rate in rates.items():
         print(f"{name:<30} {rate:8.2f} {rate / base:7.2f}x")
     print(f"rbox slirp4netns / by hand: {rates['rbox --net=slirp4netns'] / rates['slirp4netns by hand']:.2f}")
