@@ -13,7 +13,7 @@ from __future__ import annotations
 import errno
 import os
 
-from rootless import net
+from rootless import log, net
 from rootless import syscalls as sc
 from rootless.errors import MountError
 from rootless.spec import Spec
@@ -143,13 +143,20 @@ class File(Op):
     The content lives in /run/rbox/ on the sandbox's /run tmpfs; the bind goes to where
     dst resolves inside, so a host /etc/resolv.conf that links into /run still works."""
 
-    def __init__(self, dst: str, content: str):
-        self.dst, self.content = dst, content
+    def __init__(self, dst: str, content: str, optional: bool = False):
+        self.dst, self.content, self.optional = dst, content, optional
 
     def describe(self) -> str:
-        return f"file {self.dst} [ro, {len(self.content)} bytes]"
+        return f"file {self.dst} [ro, {len(self.content)} bytes{', if it exists' if self.optional else ''}]"
 
     def apply(self, oldroot: str, newroot: str) -> None:
+        if self.optional and not os.path.lexists(newroot + self.dst):
+            # A host without this file (a minimal image with no /etc/hosts): the
+            # read-only root has no place for it, and the host lived without it too.
+            # (A symlink counts as there: resolv.conf often links into /run, which is
+            # empty in the sandbox, and ensure_mountpoint creates its target there.)
+            log.step(f"skip {self.dst}: the host has none")
+            return
         store = f"{newroot}/run/rbox"
         os.makedirs(store, mode=0o755, exist_ok=True)
         src = f"{store}/{os.path.basename(self.dst)}"
@@ -213,9 +220,9 @@ def _network_files(spec: Spec, etc: str = "/etc") -> list[Op]:
     DNS at 10.0.2.3, its own /etc/resolv.conf. The host's files are never modified."""
     if spec.net == "host":
         return []
-    ops: list[Op] = [File("/etc/hosts", net.hosts(_read(f"{etc}/hosts"), spec.hostname, spec.net))]
+    ops: list[Op] = [File("/etc/hosts", net.hosts(_read(f"{etc}/hosts"), spec.hostname, spec.net), optional=True)]
     if net.uses_helper(spec.net):
-        ops.append(File("/etc/resolv.conf", net.resolv_conf(_read(f"{etc}/resolv.conf"))))
+        ops.append(File("/etc/resolv.conf", net.resolv_conf(_read(f"{etc}/resolv.conf")), optional=True))
     return ops
 
 

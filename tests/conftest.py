@@ -59,6 +59,15 @@ def probe(name: str) -> str | None:
         except OSError as e:
             return f"no local resolver serving rbox-test.internal ({e}); .ci/run starts one"
         return None if found == "198.51.100.7" else f"rbox-test.internal resolves to {found}"
+    if name == "vm":
+        from pathlib import Path
+
+        if Path("/proc/1/comm").read_text().strip() != "systemd":
+            return "not in the systemd VM test bed (PID 1 is not systemd): run `sudo tests/vm/run`"
+        uid = os.getuid()
+        if not Path(f"/sys/fs/cgroup/user.slice/user-{uid}.slice/user@{uid}.service").is_dir():
+            return "no user manager (user@UID.service) for this user: run `sudo tests/vm/run`"
+        return None
     if name == "tmux":
         import shutil
 

@@ -107,3 +107,18 @@ MOUNTINFO = """\
 
 def test_mountpoints_under_is_parent_first_and_unescapes() -> None:
     assert mounts.mountpoints_under(MOUNTINFO, "/newroot") == ["/newroot", "/newroot/sys", "/newroot/my dir"]
+
+
+def test_optional_file_is_skipped_when_the_host_has_none_but_not_when_it_is_a_dangling_link(tmp_path) -> None:
+    root = tmp_path / "root"
+    (root / "etc").mkdir(parents=True)
+    (root / "run").mkdir()
+    (root / "etc" / "resolv.conf").symlink_to("/run/systemd/resolve/stub-resolv.conf")
+    skipped = mounts.File("/etc/hosts", "x", optional=True)
+    skipped.apply(str(tmp_path / "old"), str(root))       # no mount attempted: nothing to do
+    assert not (root / "etc" / "hosts").exists()
+    # The dangling link is followed inside the root, so its target is created there
+    # (the bind itself needs privileges this unit test does not have).
+    with pytest.raises(MountError, match="cannot bind `/etc/resolv.conf`"):
+        mounts.File("/etc/resolv.conf", "nameserver 10.0.2.3\n", optional=True).apply(str(tmp_path), str(root))
+    assert (root / "run/systemd/resolve/stub-resolv.conf").exists()
