@@ -71,7 +71,7 @@ def _main(argv: list[str]) -> int:
     except OSError as e:
         raise RboxError(f"cannot find the current directory: {e.strerror}",
                         hint="cd to a directory that exists, or pass -w/--workdir") from None
-    return parent.run(spec.from_parsed(parsed, dict(os.environ), cwd, os.isatty(0)))
+    return parent.run(spec.from_parsed(parsed, dict(os.environ), cwd, os.isatty(0), argv))
 
 
 def _print_error(message: str, hint: str | None) -> None:

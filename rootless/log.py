@@ -34,6 +34,11 @@ def step(text: str) -> None:
         _write(f"[rbox:{_state['role']} {os.getpid()} {ms:6.1f}ms] + {text}\n")
 
 
+def say(text: str) -> None:
+    """A fact the user must see, not an error: `rbox: the command was killed: ...`."""
+    _write(f"rbox: {text}\n")
+
+
 def warn(text: str) -> None:
     _write(f"rbox: warning: {text}\n")
 

@@ -30,6 +30,7 @@ TYPE_CHECKING = False  # not `from typing import ...`: typing costs 9 ms at star
 if TYPE_CHECKING:
     import socket
 
+    from rootless.cgroups import Subtree
     from rootless.net.pasta import PastaDriver
     from rootless.net.slirp import SlirpDriver
 
@@ -46,6 +47,7 @@ def run(spec: Spec) -> int:
     idmap = plan_idmap(spec)
     ops = mounts.optimize(mounts.plan(spec))
     driver = make_driver(spec)        # host checks for the network helper, before forking
+    subtree = limits_subtree(spec)    # may re-exec rbox in a systemd scope
     if spec.dry_run:
         log.out("".join(line + "\n" for line in idmap.describe() + [op.describe() for op in ops]))
         return 0
@@ -66,7 +68,7 @@ def run(spec: Spec) -> int:
     child_end.close()
     if child_sock is not None:
         child_sock.close()
-    sandbox = Sandbox(spec, pid, parent_end, sigfd, parent_sock, driver)
+    sandbox = Sandbox(spec, pid, parent_end, sigfd, parent_sock, driver, subtree)
     try:
         sandbox.setup(idmap)
         return sandbox.wait()
@@ -74,6 +76,18 @@ def run(spec: Spec) -> int:
         return 128 + e.signo
     finally:
         sandbox.cleanup()
+
+
+def limits_subtree(spec: Spec) -> Subtree | None:
+    """The delegated cgroup subtree for the limits, set up before forking; None (and no
+    systemd call at all) when no limit was asked for."""
+    if spec.limits is None:
+        return None
+    from rootless import cgroups
+
+    subtree = cgroups.prepare(spec.limits, spec.argv)
+    subtree.setup(spec.limits)
+    return subtree
 
 
 def make_driver(spec: Spec) -> Driver | None:
@@ -110,9 +124,10 @@ class Sandbox:
     """The parent's view of one running sandbox."""
 
     def __init__(self, spec: Spec, stage1_pid: int, chan: sync.Channel, sigfd: int,
-                 fd_sock: socket.socket | None = None, driver: Driver | None = None):
+                 fd_sock: socket.socket | None = None, driver: Driver | None = None,
+                 subtree: Subtree | None = None):
         self.spec, self.stage1, self.chan, self.sigfd = spec, stage1_pid, chan, sigfd
-        self.fd_sock, self.driver = fd_sock, driver
+        self.fd_sock, self.driver, self.subtree = fd_sock, driver, subtree
         self.console: Console | None = None
         self.init_pid = 0
         self.chan_open = True
@@ -121,6 +136,9 @@ class Sandbox:
     def setup(self, idmap: userns.IdMapPlan) -> None:
         """Steps 1-5 of the protocol: on return the command is running."""
         self.expect(sync.USERNS_READY)
+        if self.subtree is not None:
+            # Before stage-1 creates its cgroup namespace: it is rooted at `payload`.
+            self.subtree.attach(self.stage1)
         userns.apply_idmap(idmap, self.stage1)
         self.chan.send(sync.IDMAP_DONE)
         self.init_pid = int(self.expect(sync.INIT_STARTED)["pid"])
@@ -175,6 +193,9 @@ class Sandbox:
         _, status = os.waitpid(self.stage1, 0)
         self.status = status
         log.step(f"stage-1 exited: {waitstatus_to_code(status)}")
+        if self.subtree is not None and self.spec.limits is not None:
+            for line in self.subtree.report(self.spec.limits):
+                log.say(line)
         return waitstatus_to_code(status)
 
     def _poll(self, timeout: float | None, may_time_out: bool = False) -> bool:
@@ -230,6 +251,8 @@ class Sandbox:
             os.waitpid(self.stage1, 0)
         if self.driver is not None:
             self.driver.stop()
+        if self.subtree is not None:
+            self.subtree.cleanup()
         self.chan.close()
         os.close(self.sigfd)
         if self.fd_sock is not None:

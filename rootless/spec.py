@@ -18,6 +18,10 @@ from rootless.net import DEFAULT_MODE, uses_helper
 from rootless.net.ports import Port, check_unique, parse
 from rootless.options import Parsed
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from rootless.cgroups import Limits
+
 HOSTNAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.")
 
 
@@ -52,6 +56,8 @@ class Spec:
     cwd: str
     tty: bool       # rbox's stdin is a terminal
     pty: bool       # the command gets a new pseudo-terminal (console.py)
+    limits: Limits | None   # None: no limit asked, no cgroup work at all
+    argv: list[str]         # rbox's own arguments, to re-run them in a systemd scope
     __slots__ = tuple(__annotations__)
 
     def __init__(self, **fields: object):
@@ -59,7 +65,8 @@ class Spec:
             setattr(self, name, fields[name])
 
 
-def from_parsed(parsed: Parsed, environ: dict[str, str], cwd: str, tty: bool) -> Spec:
+def from_parsed(parsed: Parsed, environ: dict[str, str], cwd: str, tty: bool,
+                argv: list[str] | None = None) -> Spec:
     v = parsed.values
     net_mode = str(v.get("net") or DEFAULT_MODE)
     uid, gid = os.getuid(), os.getgid()
@@ -83,6 +90,8 @@ def from_parsed(parsed: Parsed, environ: dict[str, str], cwd: str, tty: bool) ->
         debug=bool(v.get("debug")),
         uid=uid, gid=gid, user=user, home=os.path.normpath(home), cwd=cwd, tty=tty,
         pty=_pty(v, tty),
+        limits=_limits(v),
+        argv=list(argv or []),
     )
 
 
@@ -90,6 +99,38 @@ def _list(values: dict[str, object], key: str) -> list[tuple[str, str]]:
     entries = values.get(key) or []
     assert isinstance(entries, list)
     return entries
+
+
+LIMIT_OPTIONS = ("memory", "memory_high", "memory_swap", "cpus", "cpu_weight", "pids_limit", "io_weight")
+
+
+def _limits(v: dict[str, object]) -> Limits | None:
+    """Checked here, before anything starts; cgroups.py is imported only when needed."""
+    if not any(v.get(k) is not None for k in LIMIT_OPTIONS):
+        return None
+    from rootless import cgroups as cg
+
+    def get(key: str) -> str | None:
+        value = v.get(key)
+        return None if value is None else str(value)
+
+    def size(key: str, allow_zero: bool = False) -> int | None:
+        text = get(key)
+        if text is None:
+            return None
+        if allow_zero and text.strip() == "0":
+            return 0
+        return cg.parse_size(text, "--" + key.replace("_", "-"))
+
+    def number(key: str, low: float, high: float, integer: bool = True) -> int | float | None:
+        text = get(key)
+        return None if text is None else cg.parse_number(text, "--" + key.replace("_", "-"), low, high, integer)
+
+    cpus = number("cpus", 0.01, 4096, integer=False)
+    return cg.Limits(memory=size("memory"), memory_high=size("memory_high"),
+                     memory_swap=size("memory_swap", allow_zero=True),
+                     cpus=None if cpus is None else float(cpus), cpu_weight=number("cpu_weight", 1, 10000),
+                     pids=number("pids_limit", 1, 4194304), io_weight=number("io_weight", 1, 10000))
 
 
 def _ports(v: dict[str, object], mode: str) -> list[Port]:

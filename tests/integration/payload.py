@@ -18,6 +18,9 @@ Actions:
   loopback       listen on 127.0.0.1 and connect to it
   netdevs        interfaces from /proc/net/dev
   env K          print the value of K or `<unset>`
+  memhog MB      allocate and touch MB megabytes; print `allocated` if that worked
+  forkbomb N     fork children (each sleeps 3 s) until fork fails or N exist; print the count
+  busy SEC       spin on the CPU for SEC seconds of wall time
 """
 
 import errno
@@ -149,6 +152,33 @@ def do_netdevs():
 
 def do_env(key):
     out(key, os.environ.get(key, "<unset>"))
+
+
+def do_memhog(mb):
+    block = bytearray(int(mb) * 1024 * 1024)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    out("allocated", mb)
+
+
+def do_forkbomb(limit):
+    children = 0
+    for _ in range(int(limit)):
+        try:
+            pid = os.fork()
+        except OSError:
+            break
+        if pid == 0:
+            time.sleep(3)
+            os._exit(0)
+        children += 1
+    out("forked", children)
+
+
+def do_busy(sec):
+    end = time.monotonic() + float(sec)
+    while time.monotonic() < end:
+        pass
 
 
 if __name__ == "__main__":

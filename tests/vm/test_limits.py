@@ -1,0 +1,97 @@
+"""Resource limits for real, in the systemd VM test bed, as the unprivileged user. On any
+other host these skip, visibly (needs_vm): the limits cannot be shown there."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.helpers import py, run_rbox, wait_until
+from tests.integration.test_identity import facts
+
+pytestmark = [pytest.mark.needs_vm, pytest.mark.needs_userns]
+
+
+def manager_tree() -> Path:
+    uid = os.getuid()
+    return Path(f"/sys/fs/cgroup/user.slice/user-{uid}.slice/user@{uid}.service")
+
+
+def rbox_leaves() -> list[Path]:
+    return [p for p in manager_tree().rglob("*") if p.is_dir() and p.name in ("payload", "supervisor")]
+
+
+def test_a_memory_hog_is_killed_and_reported_while_the_host_lives_on() -> None:
+    r = run_rbox("run", "--net=none", "--memory", "64M", "--memory-swap", "0", *py("memhog", "256"), timeout=300)
+    assert r.returncode == 137, r.stderr
+    assert "allocated" not in r.stdout
+    assert "rbox: the command was killed: out of memory (limit 64M)" in r.stderr
+    assert run_rbox("run", "--net=none", "--", "true", timeout=300).returncode == 0
+
+
+def test_a_fork_bomb_is_contained_and_the_sandbox_still_exits() -> None:
+    r = run_rbox("run", "--net=none", "--pids-limit", "64", *py("forkbomb", "1000"), timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert int(facts(r.stdout)["forked"]) < 64      # init and python count too
+    assert "reached its process limit (64)" in r.stderr
+
+
+def test_half_a_cpu_is_half_a_cpu(spawn) -> None:
+    proc = spawn("run", "--net=none", "--debug", "--cpus", "0.5", *py("busy", "12"))
+    assert proc.stderr is not None
+    payload = None
+    for line in proc.stderr:
+        found = re.search(r"cgroup: \d+ > (/sys/fs/cgroup/\S+/payload)/cgroup.procs", line)
+        if found:
+            payload = Path(found.group(1))
+        if "+ RUNNING" in line or "command is running" in line or "PID 1 is host pid" in line and payload:
+            break
+    assert payload is not None and payload.is_dir()
+
+    def usage() -> int:
+        stat = dict(line.split() for line in (payload / "cpu.stat").read_text().splitlines())
+        return int(stat["usage_usec"])
+
+    time.sleep(2)
+    u0, t0 = usage(), time.monotonic()
+    time.sleep(5)
+    rate = (usage() - u0) / 1e6 / (time.monotonic() - t0)
+    assert 0.4 <= rate <= 0.6, rate
+    proc.terminate()
+    proc.communicate(timeout=120)
+
+
+def test_no_cgroup_is_left_after_an_exit_or_a_kill_9(spawn) -> None:
+    assert run_rbox("run", "--net=none", "--memory", "256M", "--", "true", timeout=300).returncode == 0
+    assert wait_until(lambda: rbox_leaves() == [], timeout=20), rbox_leaves()
+    proc = spawn("run", "--net=none", "--memory", "256M", "--", "sleep", "300")
+    assert wait_until(lambda: len(rbox_leaves()) == 2, timeout=120)
+    proc.kill()
+    proc.wait()
+    assert wait_until(lambda: rbox_leaves() == [], timeout=30), rbox_leaves()
+
+
+def test_no_user_manager_is_the_documented_error() -> None:
+    env = {k: v for k, v in os.environ.items() if k not in ("XDG_RUNTIME_DIR", "DBUS_SESSION_BUS_ADDRESS")}
+    import subprocess
+    import sys
+
+    from tests.integration.helpers import RBOX, rbox_env
+
+    r = subprocess.run([*RBOX, "run", "--net=none", "--pids-limit", "100", "--", "true"], capture_output=True,
+                       text=True, timeout=300, env={**rbox_env(None), **{"XDG_RUNTIME_DIR": ""}} | {
+                           k: v for k, v in env.items() if k == "PATH"}, stdin=subprocess.DEVNULL)
+    assert sys.executable
+    assert r.returncode == 125
+    assert r.stderr.startswith("rbox: error: resource limits need your systemd user manager, and none is "
+                               "reachable (XDG_RUNTIME_DIR is not set)\nhint: log in with a session")
+
+
+def test_without_limits_there_is_no_systemd_call() -> None:
+    r = run_rbox("run", "--net=none", "--debug", "--", "true", timeout=300)
+    assert r.returncode == 0, r.stderr
+    assert "systemd-run" not in r.stderr and "cgroup:" not in r.stderr
