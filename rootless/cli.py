@@ -57,6 +57,10 @@ def _main(argv: list[str]) -> int:
     if parsed.values.get("help"):
         log.out(options.help_text(parsed.command))
         return 0
+    if parsed.command == "check":
+        from rootless import hostcheck
+
+        return hostcheck.run(bool(parsed.values.get("json")))
     try:
         from rootless import parent, spec  # after --help: they are not needed for it
     except ImportError as e:

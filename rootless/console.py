@@ -93,7 +93,9 @@ class Console:
         wanted = []
         if self.master_open:
             wanted.append((self.master, select.POLLIN | (select.POLLOUT if self.pending else 0)))
-        if self.stdin_open and not self.pending:
+        # Keys are read only while the command's pty is there: once it is gone, what the
+        # user types stays in the terminal for the shell that gets it back.
+        if self.stdin_open and self.master_open and not self.pending:
             wanted.append((IN, select.POLLIN))
         return wanted
 

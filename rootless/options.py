@@ -70,6 +70,12 @@ SANDBOX_OPTIONS = (
     Opt(("-h", "--help"), "help", "show this help and exit"),
 )
 
+CHECK_OPTIONS = (
+    Opt(("--json",), "json", "print the findings as JSON"),
+    Opt(("--debug",), "debug", "print every setup step; tracebacks for rbox's own errors"),
+    Opt(("-h", "--help"), "help", "show this help and exit"),
+)
+
 GLOBAL_OPTIONS = (
     Opt(("-h", "--help"), "help", "show this help and exit"),
     Opt(("--version",), "version", "print rbox's version and exit"),
@@ -79,6 +85,7 @@ GLOBAL_OPTIONS = (
 COMMANDS = {
     "run": ("[OPTIONS] [--] COMMAND [ARG...]", "Run COMMAND in a new sandbox and exit with its exit code."),
     "sh": ("[OPTIONS]", "Run your login shell (from the password database) in a new sandbox."),
+    "check": ("[--json]", "Check what this host offers rbox: one finding per requirement, with the fix."),
 }
 
 
@@ -90,7 +97,9 @@ class Parsed:
 
 
 def options_for(command: str | None) -> tuple[Opt, ...]:
-    return GLOBAL_OPTIONS if command is None else SANDBOX_OPTIONS
+    if command is None:
+        return GLOBAL_OPTIONS
+    return CHECK_OPTIONS if command == "check" else SANDBOX_OPTIONS
 
 
 def parse(argv: list[str]) -> Parsed:
@@ -104,7 +113,9 @@ def parse(argv: list[str]) -> Parsed:
     command, rest = rest[0], rest[1:]
     if command not in COMMANDS:
         raise SpecError(f"unknown command `{command}`", hint="the commands are: " + ", ".join(COMMANDS))
-    args = _parse_options(rest, SANDBOX_OPTIONS, values, command)
+    args = _parse_options(rest, options_for(command), values, command)
+    if command == "check" and args:
+        raise SpecError("`rbox check` takes no arguments", hint="see `rbox check --help`")
     return Parsed(command, values, args)
 
 

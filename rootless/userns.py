@@ -56,6 +56,33 @@ def read_subids(path: str, name: str, numeric_id: int) -> list[Range]:
         return []
 
 
+def parse_getsubids(text: str) -> list[Range]:
+    """Ranges from getsubids(1) output, `N: owner first count` per line (pure)."""
+    ranges = []
+    for line in text.splitlines():
+        fields = line.replace(":", " ").split()
+        if len(fields) == 4 and fields[2].isdigit() and fields[3].isdigit() and int(fields[3]) > 0:
+            ranges.append((int(fields[2]), int(fields[3])))
+    return ranges
+
+
+def subid_ranges(name: str, numeric_id: int, path: str | None, file: str, kind: str) -> list[Range]:
+    """Subordinate ranges of one user: /etc/sub[ug]id, then getsubids(1) when the file
+    has none. getsubids goes through shadow's libsubid, which also reads SSSD or LDAP
+    (`subid: sss` in nsswitch.conf); asking it only when the file is silent keeps a
+    process spawn off the start-up path of every user the file already knows."""
+    ranges = read_subids(file, name, numeric_id)
+    if ranges:
+        return ranges
+    tool = which("getsubids", path)
+    if tool is None:
+        return []
+    from rootless import spawn
+
+    code, output = spawn.run([tool, *(["-g"] if kind == "g" else []), name], timeout=5.0, whole=True)
+    return parse_getsubids(output) if code == 0 else []
+
+
 def build_map(own: int, ranges: list[Range], root: bool) -> list[Extent]:
     """The id map for one kind of id (uid or gid).
 
@@ -140,9 +167,9 @@ def plan_idmap(root: bool, uid: int, gid: int, name: str, path: str | None,
     slirp4netns insists on setegid(0)/seteuid(0) in the namespace it joins, so without a
     mapped 0 users with no subordinate ids (LDAP/SSSD users) would have no network."""
     single = IdMapPlan("single", [(0, uid, 1)], [(0, gid, 1)], nested=None if root else (uid, gid))
-    uranges = read_subids(subuid, name, uid)
+    uranges = subid_ranges(name, uid, path, subuid, "u")
     # subgid(5) lines are owned by a user (name or uid), like subuid(5) lines.
-    granges = read_subids(subgid, name, uid)
+    granges = subid_ranges(name, uid, path, subgid, "g") if uranges else []
     newuidmap, newgidmap = which("newuidmap", path), which("newgidmap", path)
     if not uranges:
         single.reason = f"no subordinate uid range for `{name}` in {subuid}"

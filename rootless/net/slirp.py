@@ -23,6 +23,7 @@ import signal
 
 from rootless import log, net, spawn
 from rootless.errors import HostSetupError, RboxError
+from rootless.hostcheck import FIX
 from rootless.net.ports import Port
 from rootless.userns import which
 
@@ -81,8 +82,7 @@ def preflight(path: str | None) -> str:
     """The slirp4netns binary, after the host checks that can be made before forking."""
     binary = which("slirp4netns", path)
     if binary is None:
-        raise HostSetupError("slirp4netns is not installed (Debian package `slirp4netns`)",
-                             hint="an administrator can install it; --net=none runs without a network")
+        raise HostSetupError("slirp4netns is not installed (Debian package `slirp4netns`)", hint=FIX["slirp4netns"])
     check_tun()
     return binary
 
@@ -90,8 +90,7 @@ def preflight(path: str | None) -> str:
 def check_tun(device: str = "/dev/net/tun") -> None:
     if not os.access(device, os.R_OK | os.W_OK):
         raise HostSetupError(f"cannot use `{device}`: permission denied (it is not mode 0666)",
-                             hint=f"an administrator can run `chmod 0666 {device}` (udev's default on Debian) "
-                                  "; --net=none runs without a network")
+                             hint=FIX["tun"].replace("/dev/net/tun", device) + "; --net=none runs without a network")
 
 
 def probe_features(probe: spawn.Helper) -> frozenset[str]:

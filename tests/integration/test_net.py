@@ -184,7 +184,8 @@ def test_missing_slirp4netns_is_a_clear_error_not_a_hang(tmp_path) -> None:
     start = time.monotonic()
     r = run_rbox("run", "--", "true", env={"PATH": f"{tmp_path}:/nonexistent"})
     assert r.returncode == 125
+    from rootless.hostcheck import FIX
+
     assert r.stderr.splitlines()[-2:] == [
-        "rbox: error: slirp4netns is not installed (Debian package `slirp4netns`)",
-        "hint: an administrator can install it; --net=none runs without a network"]
+        "rbox: error: slirp4netns is not installed (Debian package `slirp4netns`)", "hint: " + FIX["slirp4netns"]]
     assert time.monotonic() - start < 10

@@ -1,0 +1,247 @@
+"""`rbox check`: every requirement of the host, one finding each, with the exact fix.
+
+Runs in: parent.
+
+Each check is a function of its inputs (paths, environment) returning a Finding, so
+that every broken host condition has a unit test. The fix texts live here (FIX) and the
+runtime errors use the same ones, so `rbox check` and an error's hint never disagree.
+Exit status: 0 when rbox can run with its defaults (a `fail` means it cannot), 1 if not.
+"""
+
+from __future__ import annotations
+
+import os
+import pwd
+import stat
+
+from rootless import userns
+
+FIX = {
+    "userns_sysctl": "an administrator can set it in /etc/sysctl.d (helpers/sysctl.d/99-rbox-userns.conf "
+                     "explains each setting) and run `sysctl --system`",
+    "subids": "an administrator can run `helpers/rbox-add-subids {user}` (a free 65536-id range)",
+    "uidmap": "an administrator can install the Debian package `uidmap`",
+    "setuid": "an administrator can run `chmod u+s {path}` (it must be owned by root)",
+    "nnp": "start rbox from a session without no_new_privs (not from inside another sandbox or a "
+           "NoNewPrivileges= service)",
+    "slirp4netns": "an administrator can install the Debian package `slirp4netns`; --net=none runs without it",
+    "pasta": "an administrator can install the Debian package `passt` (only --net=pasta needs it)",
+    "tun": "an administrator can run `chmod 0666 /dev/net/tun` (udev's default on Debian)",
+    "cgroup2": "an administrator can boot with systemd.unified_cgroup_hierarchy=1 (limits only)",
+    "manager": "log in with a session (ssh or login, not su/sudo), or an administrator can run "
+               "`loginctl enable-linger {user}` (limits only)",
+    "delegate": "an administrator can install helpers/user@.service.d/delegate.conf as "
+                "/etc/systemd/system/user@.service.d/delegate.conf (limits only)",
+    "overlay": "a kernel of 5.11 or later (not used by rbox yet)",
+    "runtime_dir": "log in with a session that sets XDG_RUNTIME_DIR (pam_systemd does)",
+}
+WANTED_CONTROLLERS = ("cpu", "io", "memory", "pids")
+
+
+class Finding:
+    __slots__ = ("name", "status", "detail", "fix")
+
+    def __init__(self, name: str, status: str, detail: str, fix: str = ""):
+        self.name, self.status, self.detail, self.fix = name, status, detail, fix
+
+    def as_dict(self) -> dict[str, str]:
+        return {"name": self.name, "status": self.status, "detail": self.detail, "fix": self.fix}
+
+
+def _read(path: str) -> str | None:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return None
+
+
+def check_userns_sysctls(proc: str = "/proc/sys") -> Finding:
+    name = "user namespaces allowed"
+    rules = (("user/max_user_namespaces", "0", "user.max_user_namespaces is 0"),
+             ("kernel/unprivileged_userns_clone", "0", "kernel.unprivileged_userns_clone is 0"),
+             ("kernel/apparmor_restrict_unprivileged_userns", "1",
+              "kernel.apparmor_restrict_unprivileged_userns is 1 (Ubuntu's AppArmor restriction)"))
+    for path, bad, text in rules:
+        if _read(f"{proc}/{path}") == bad:
+            return Finding(name, "fail", text, FIX["userns_sysctl"])
+    return Finding(name, "ok", f"user.max_user_namespaces = {_read(f'{proc}/user/max_user_namespaces')}")
+
+
+def check_userns_works() -> Finding:
+    """The real test: a child tries unshare(CLONE_NEWUSER)."""
+    name = "user namespace creation"
+    pid = os.fork()
+    if pid == 0:
+        code = 1
+        try:
+            from rootless import syscalls
+
+            syscalls.unshare(syscalls.CLONE_NEWUSER)
+            code = 0
+        except OSError as e:
+            code = 100 + (e.errno or 0) % 100
+        finally:
+            os._exit(code)
+    code = os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+    if code == 0:
+        return Finding(name, "ok", "works")
+    reason = os.strerror(code - 100) if code >= 100 else "failed"
+    return Finding(name, "fail", f"unshare(CLONE_NEWUSER): {reason}", FIX["userns_sysctl"])
+
+
+def check_subids(user: str, uid: int, path: str | None, subuid: str = userns.SUBUID) -> Finding:
+    name = "subordinate ids"
+    ranges = userns.subid_ranges(user, uid, path, subuid, "u")
+    if ranges:
+        total = sum(count for _, count in ranges)
+        return Finding(name, "ok", f"{total} uids in {len(ranges)} range(s)")
+    return Finding(name, "warn", f"none for `{user}`: rbox maps only your own uid (chown to other ids fails)",
+                   FIX["subids"].format(user=user))
+
+
+def check_helper(tool: str, path: str | None) -> Finding:
+    name = tool
+    found = userns.which(tool, path)
+    if found is None:
+        return Finding(name, "warn", "not found: rbox falls back to a single-id map", FIX["uidmap"])
+    st = os.stat(found)
+    setuid_root = bool(st.st_mode & stat.S_ISUID) and st.st_uid == 0
+    try:
+        has_caps = bool(os.getxattr(found, "security.capability"))
+    except OSError:
+        has_caps = False
+    if setuid_root or has_caps:
+        return Finding(name, "ok", f"{found} ({'setuid root' if setuid_root else 'file capabilities'})")
+    return Finding(name, "fail", f"{found} is neither setuid root nor has file capabilities: it cannot map ids",
+                   FIX["setuid"].format(path=found))
+
+
+def check_no_new_privs(status: str = "/proc/self/status") -> Finding:
+    name = "no_new_privs"
+    if userns.no_new_privs_set(status):
+        return Finding(name, "warn", "set on this session: setuid helpers cannot work, rbox maps only your own uid",
+                       FIX["nnp"])
+    return Finding(name, "ok", "not set")
+
+
+def check_slirp4netns(path: str | None) -> Finding:
+    name = "slirp4netns (default network)"
+    found = userns.which("slirp4netns", path)
+    if found is None:
+        return Finding(name, "fail", "not installed", FIX["slirp4netns"])
+    from rootless import spawn
+    from rootless.net import slirp
+
+    code, text = spawn.run([found, "--version"], 5.0, whole=True)
+    version = text.splitlines()[0] if text.strip() else "unknown version"
+    _, help_text = spawn.run([found, "--help"], 5.0, whole=True)
+    features = slirp.detect_features(help_text)
+    try:
+        slirp.check_features(features, allow_host_loopback=False, publish=True)
+    except Exception as e:  # noqa: BLE001 - the message is the finding
+        return Finding(name, "fail", str(getattr(e, "message", e)), FIX["slirp4netns"])
+    extra = " ".join(f for f in ("--enable-sandbox", "--enable-seccomp") if f in features)
+    return Finding(name, "ok", f"{version}{'; ' + extra if extra else ''}")
+
+
+def check_pasta(path: str | None) -> Finding:
+    found = userns.which("pasta", path)
+    if found is None:
+        return Finding("pasta", "warn", "not installed", FIX["pasta"])
+    return Finding("pasta", "ok", found)
+
+
+def check_tun(device: str = "/dev/net/tun") -> Finding:
+    name = "/dev/net/tun"
+    if os.access(device, os.R_OK | os.W_OK):
+        return Finding(name, "ok", "usable")
+    return Finding(name, "fail", "not usable by you (not mode 0666): slirp4netns and pasta cannot start",
+                   FIX["tun"])
+
+
+def check_cgroup2(mountinfo: str = "/proc/self/mountinfo") -> Finding:
+    from rootless import cgroups
+
+    if cgroups.cgroup2_mounted_at(_read(mountinfo) or ""):
+        return Finding("cgroup v2", "ok", "mounted at /sys/fs/cgroup")
+    return Finding("cgroup v2", "warn", "not mounted at /sys/fs/cgroup: resource limits are unavailable",
+                   FIX["cgroup2"])
+
+
+def check_user_manager(environ: dict[str, str], user: str) -> Finding:
+    name = "systemd user manager"
+    runtime = environ.get("XDG_RUNTIME_DIR")
+    bus = (environ.get("DBUS_SESSION_BUS_ADDRESS") or (f"unix:path={runtime}/bus" if runtime else ""))
+    if runtime and os.path.exists(bus.removeprefix("unix:path=")):
+        return Finding(name, "ok", f"session bus at {bus.removeprefix('unix:path=')}")
+    reason = "XDG_RUNTIME_DIR is not set" if not runtime else f"no session bus at {runtime}/bus"
+    return Finding(name, "warn", f"not reachable ({reason}): resource limits are unavailable",
+                   FIX["manager"].format(user=user))
+
+
+def check_delegation(uid: int, root: str = "/sys/fs/cgroup") -> Finding:
+    name = "delegated controllers"
+    controllers = _read(f"{root}/user.slice/user-{uid}.slice/user@{uid}.service/cgroup.controllers")
+    if controllers is None:
+        return Finding(name, "warn", f"no user@{uid}.service cgroup: resource limits are unavailable",
+                       FIX["delegate"])
+    missing = [c for c in WANTED_CONTROLLERS if c not in controllers.split()]
+    if missing:
+        return Finding(name, "warn", f"{controllers or 'none'}; missing {' '.join(missing)}", FIX["delegate"])
+    return Finding(name, "ok", controllers)
+
+
+def check_overlay(release: str | None = None) -> Finding:
+    release = release or os.uname().release
+    try:
+        major, minor = (int(x) for x in release.split(".")[:2])
+    except ValueError:
+        return Finding("unprivileged overlayfs", "warn", f"unknown kernel {release}", FIX["overlay"])
+    if (major, minor) >= (5, 11):
+        return Finding("unprivileged overlayfs", "ok", f"kernel {release}")
+    return Finding("unprivileged overlayfs", "warn", f"kernel {release} is older than 5.11", FIX["overlay"])
+
+
+def check_runtime_dir(environ: dict[str, str]) -> Finding:
+    runtime = environ.get("XDG_RUNTIME_DIR")
+    if runtime and os.access(runtime, os.W_OK):
+        return Finding("XDG_RUNTIME_DIR", "ok", runtime)
+    reason = "not set" if not runtime else f"{runtime} is not writable"
+    return Finding("XDG_RUNTIME_DIR", "warn", f"{reason}: rbox keeps its sockets in /tmp instead",
+                   FIX["runtime_dir"])
+
+
+def check_all(environ: dict[str, str]) -> list[Finding]:
+    uid = os.getuid()
+    try:
+        user = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        user = str(uid)
+    path = environ.get("PATH")
+    return [check_userns_sysctls(), check_userns_works(), check_subids(user, uid, path),
+            check_helper("newuidmap", path), check_helper("newgidmap", path), check_no_new_privs(),
+            check_slirp4netns(path), check_pasta(path), check_tun(), check_cgroup2(),
+            check_user_manager(environ, user), check_delegation(uid), check_overlay(), check_runtime_dir(environ)]
+
+
+def render(findings: list[Finding]) -> str:
+    lines = []
+    for f in findings:
+        lines.append(f"{f.status:<4}  {f.name}: {f.detail}")
+        if f.status != "ok":
+            lines.append(f"      fix: {f.fix}")
+    return "\n".join(lines) + "\n"
+
+
+def run(as_json: bool) -> int:
+    findings = check_all(dict(os.environ))
+    from rootless import log
+
+    if as_json:
+        import json
+
+        log.out(json.dumps([f.as_dict() for f in findings], indent=2) + "\n")
+    else:
+        log.out(render(findings))
+    return 1 if any(f.status == "fail" for f in findings) else 0

@@ -1,0 +1,78 @@
+"""`rbox check` for real, as the unprivileged user, on the conditions this machine can
+reproduce (the VM covers delegation)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.integration.helpers import run_rbox
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def findings(*args: str, **kw) -> tuple[int, dict[str, dict[str, str]]]:
+    r = run_rbox("check", "--json", *args, **kw)
+    return r.returncode, {f["name"]: f for f in json.loads(r.stdout)}
+
+
+@pytest.mark.needs_userns
+def test_check_reports_every_requirement_and_exits_0_when_rbox_can_run() -> None:
+    r = run_rbox("check")
+    lines = [line for line in r.stdout.splitlines() if not line.startswith("      fix:")]
+    assert len(lines) == 14
+    assert all(line.split()[0] in ("ok", "warn", "fail") for line in lines)
+    assert "ok    user namespace creation: works" in r.stdout
+    fails = [line for line in lines if line.startswith("fail")]
+    assert r.returncode == (1 if fails else 0)
+
+
+@pytest.mark.needs_userns
+def test_missing_slirp4netns_fails_with_the_fix(tmp_path) -> None:
+    code, found = findings(env={"PATH": str(tmp_path)})
+    assert code == 1
+    f = found["slirp4netns (default network)"]
+    assert (f["status"], f["detail"]) == ("fail", "not installed")
+    assert found["newuidmap"]["status"] == "warn"
+
+
+@pytest.mark.needs_userns
+def test_no_new_privs_is_reported() -> None:
+    r = run_rbox("check", "--json", wrapper=(shutil.which("setpriv") or "setpriv", "--no-new-privs"))
+    assert {f["name"]: f for f in json.loads(r.stdout)}["no_new_privs"]["status"] == "warn"
+
+
+def test_no_runtime_dir_is_a_warning() -> None:
+    env = {"XDG_RUNTIME_DIR": ""}
+    _, found = findings(env=env)
+    assert found["XDG_RUNTIME_DIR"]["status"] == "warn"
+    assert found["systemd user manager"]["status"] == "warn"
+
+
+@pytest.mark.nosubid
+def test_user_without_subordinate_ids_gets_the_helper_as_fix() -> None:
+    _, found = findings()
+    f = found["subordinate ids"]
+    assert f["status"] == "warn" and "helpers/rbox-add-subids" in f["fix"]
+
+
+def test_add_subids_dry_run_picks_a_free_range() -> None:
+    # Read-only as an ordinary user: --dry-run only reads /etc/subuid and /etc/subgid.
+    me = subprocess.run(["id", "-un"], capture_output=True, text=True, check=True).stdout.strip()
+    r = subprocess.run(["sh", str(ROOT / "helpers" / "rbox-add-subids"), "--dry-run", me], capture_output=True,
+                       text=True, timeout=30)
+    assert r.returncode == 0, r.stderr
+    from rootless import userns
+
+    if userns.read_subids(userns.SUBUID, me, os.getuid()):
+        assert r.stdout.strip() == f"rbox-add-subids: {me} already has subordinate ids; nothing to do"
+        return
+    start = int(r.stdout.split()[-4].split("-")[0]) if "would give" in r.stdout else -1
+    ends = [int(a) + int(b) for line in Path("/etc/subuid").read_text().splitlines()
+            if line.count(":") == 2 for _, a, b in [line.split(":")] if a.isdigit() and b.isdigit()]
+    assert start >= max(ends + [100000]) and start % 65536 == 0
