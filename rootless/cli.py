@@ -75,7 +75,33 @@ def _main(argv: list[str]) -> int:
     except OSError as e:
         raise RboxError(f"cannot find the current directory: {e.strerror}",
                         hint="cd to a directory that exists, or pass -w/--workdir") from None
-    return parent.run(spec.from_parsed(parsed, dict(os.environ), cwd, os.isatty(0), argv))
+    environ = dict(os.environ)
+    ceilings = {}
+    if _has_config(environ):
+        from rootless import config
+
+        cfg = config.load(environ, _str(parsed.values.get("profile")))
+        parsed = options.parse(argv, cfg.words)
+        ceilings = cfg.ceilings
+    elif parsed.values.get("profile") is not None:
+        raise RboxError(f"no profile `{parsed.values['profile']}`: there is no configuration file",
+                        hint="profiles live in /etc/rbox/rbox.toml or ~/.config/rbox/rbox.toml; see rbox(1), FILES")
+    the_spec = spec.from_parsed(parsed, environ, cwd, os.isatty(0), argv)
+    if ceilings:
+        from rootless import config
+
+        the_spec.limits = config.apply_ceilings(the_spec.limits, ceilings)  # type: ignore[assignment]
+    return parent.run(the_spec)
+
+
+def _has_config(environ: dict[str, str]) -> bool:
+    """Two stat calls: without configuration files, rbox pays nothing for them."""
+    base = environ.get("XDG_CONFIG_HOME") or os.path.join(environ.get("HOME", "/"), ".config")
+    return os.path.exists("/etc/rbox/rbox.toml") or os.path.exists(os.path.join(base, "rbox", "rbox.toml"))
+
+
+def _str(value: object) -> str | None:
+    return None if value is None else str(value)
 
 
 def _print_error(message: str, hint: str | None) -> None:

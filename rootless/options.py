@@ -65,6 +65,8 @@ SANDBOX_OPTIONS = (
     Opt(("--io-weight",), "io_weight", "I/O share, 1-10000 (io.weight)", metavar="N", kind="value"),
     Opt(("-t", "--tty"), "tty", "give the command a new pseudo-terminal (the default when stdin is one)"),
     Opt(("-T", "--no-tty"), "no_tty", "no pseudo-terminal: the command gets rbox's stdin/stdout/stderr as they are"),
+    Opt(("--profile",), "profile", "apply [profiles.NAME] of the configuration files (rbox(1), FILES)",
+        metavar="NAME", kind="value"),
     Opt(("--dry-run",), "dry_run", "print the id maps and the mount plan, run nothing"),
     Opt(("--debug",), "debug", "print every setup step; tracebacks for rbox's own errors"),
     Opt(("-h", "--help"), "help", "show this help and exit"),
@@ -102,8 +104,11 @@ def options_for(command: str | None) -> tuple[Opt, ...]:
     return CHECK_OPTIONS if command == "check" else SANDBOX_OPTIONS
 
 
-def parse(argv: list[str]) -> Parsed:
-    """`rbox [GLOBAL] COMMAND [OPTIONS] [--] [ARGS]` -> Parsed. Raises SpecError."""
+def parse(argv: list[str], defaults: list[str] | None = None) -> Parsed:
+    """`rbox [GLOBAL] COMMAND [OPTIONS] [--] [ARGS]` -> Parsed. Raises SpecError.
+
+    `defaults` are option words from the configuration files, parsed before the command
+    line's, so that the command line wins (config.py)."""
     values: dict[str, object] = {}
     rest = _parse_options(argv, GLOBAL_OPTIONS, values, None)
     if values.get("help") or values.get("version"):
@@ -113,6 +118,8 @@ def parse(argv: list[str]) -> Parsed:
     command, rest = rest[0], rest[1:]
     if command not in COMMANDS:
         raise SpecError(f"unknown command `{command}`", hint="the commands are: " + ", ".join(COMMANDS))
+    if defaults:
+        _parse_options(defaults, options_for(command), values, command)
     args = _parse_options(rest, options_for(command), values, command)
     if command == "check" and args:
         raise SpecError("`rbox check` takes no arguments", hint="see `rbox check --help`")

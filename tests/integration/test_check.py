@@ -76,3 +76,24 @@ def test_add_subids_dry_run_picks_a_free_range() -> None:
     ends = [int(a) + int(b) for line in Path("/etc/subuid").read_text().splitlines()
             if line.count(":") == 2 for _, a, b in [line.split(":")] if a.isdigit() and b.isdigit()]
     assert start >= max(ends + [100000]) and start % 65536 == 0
+
+
+@pytest.mark.needs_userns
+def test_config_defaults_and_profiles_apply_and_the_command_line_wins(tmp_path) -> None:
+    (tmp_path / "rbox").mkdir()
+    (tmp_path / "rbox" / "rbox.toml").write_text('[defaults]\nhostname = "configured"\nnet = "none"\n'
+                                                 '[profiles.named]\nhostname = "profiled"\n')
+    env = {"XDG_CONFIG_HOME": str(tmp_path)}
+    assert run_rbox("run", "--", "hostname", env=env).stdout == "configured\n"
+    assert run_rbox("run", "--profile", "named", "--", "hostname", env=env).stdout == "profiled\n"
+    assert run_rbox("run", "--profile", "named", "--hostname", "cli", "--", "hostname", env=env).stdout == "cli\n"
+
+
+def test_a_bad_config_file_is_one_error_with_file_line_and_key(tmp_path) -> None:
+    (tmp_path / "rbox").mkdir()
+    path = tmp_path / "rbox" / "rbox.toml"
+    path.write_text('[defaults]\nnet = "none"\npids-limit = "many"\n')
+    r = run_rbox("run", "--", "true", env={"XDG_CONFIG_HOME": str(tmp_path)})
+    assert r.returncode == 125
+    assert r.stderr.splitlines()[0] == (f"rbox: error: {path}, line 3, key `pids-limit`: invalid value `many` "
+                                        "for --pids-limit")
