@@ -68,6 +68,10 @@ def probe(name: str) -> str | None:
         if not Path(f"/sys/fs/cgroup/user.slice/user-{uid}.slice/user@{uid}.service").is_dir():
             return "no user manager (user@UID.service) for this user: run `sudo tests/vm/run`"
         return None
+    if name == "vm_broken":
+        if os.environ.get("RBOX_VM_PHASE") != "broken":
+            return "only in the VM test bed's second phase (drop-in removed, user namespaces disabled)"
+        return None
     if name == "tmux":
         import shutil
 

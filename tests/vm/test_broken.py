@@ -1,0 +1,44 @@
+"""A broken login node, in the VM's second phase (tests/vm/run): the delegation drop-in
+removed (stock systemd 252 then delegates only cpu, memory and pids) and
+user.max_user_namespaces set to 0. rbox must say exactly that, with the fixes."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from rootless.hostcheck import FIX
+from tests.integration.helpers import run_rbox
+
+pytestmark = pytest.mark.needs_vm_broken
+
+
+def test_check_names_the_missing_delegation_and_the_disabled_user_namespaces() -> None:
+    r = run_rbox("check", "--json", timeout=300)
+    assert r.returncode == 1
+    found = {f["name"]: f for f in json.loads(r.stdout)}
+    delegation = found["delegated controllers"]
+    assert delegation["status"] == "warn" and "missing io" in delegation["detail"]
+    assert delegation["fix"] == FIX["delegate"]
+    userns = found["user namespaces allowed"]
+    assert (userns["status"], userns["detail"], userns["fix"]) == (
+        "fail", "user.max_user_namespaces is 0", FIX["userns_sysctl"])
+    assert found["user namespace creation"]["status"] == "fail"
+
+
+def test_rbox_run_gives_the_documented_error() -> None:
+    r = run_rbox("run", "--net=none", "--", "true", timeout=300)
+    assert r.returncode == 125
+    assert r.stderr.splitlines()[-2:] == [
+        "rbox: error: cannot create a user namespace: the limit on user namespaces is reached (ENOSPC)",
+        "hint: the limit user.max_user_namespaces is reached or 0; see rbox(1), HOST SETUP"]
+
+
+def test_a_limit_on_an_undelegated_controller_names_it_and_the_drop_in() -> None:
+    r = run_rbox("run", "--net=none", "--io-weight", "100", "--", "true", timeout=300)
+    assert r.returncode == 125
+    assert r.stderr.splitlines()[:2] == [
+        "rbox: error: the cgroup controller(s) io are not delegated to you",
+        "hint: an administrator can install helpers/user@.service.d/delegate.conf (Delegate=cpu cpuset io "
+        "memory pids); see rbox(1), HOST SETUP"]
