@@ -28,30 +28,10 @@ _rbox() {
         --pids-limit) return;;
         --io-weight) return;;
         --profile) return;;
-        --net) COMPREPLY=($(compgen -W "slirp4netns pasta none host" -- "$cur")); return;;
-        -p|--publish) return;;
-        --bind) COMPREPLY=($(compgen -f -- "$cur")); return;;
-        --ro-bind) COMPREPLY=($(compgen -f -- "$cur")); return;;
-        --tmpfs) COMPREPLY=($(compgen -f -- "$cur")); return;;
-        --hide) COMPREPLY=($(compgen -f -- "$cur")); return;;
-        --home) COMPREPLY=($(compgen -W "ro rw tmpfs" -- "$cur")); return;;
-        -w|--workdir) COMPREPLY=($(compgen -f -- "$cur")); return;;
-        --hostname) return;;
-        -e|--env) return;;
-        --unsetenv) return;;
-        --memory) return;;
-        --memory-high) return;;
-        --memory-swap) return;;
-        --cpus) return;;
-        --cpu-weight) return;;
-        --pids-limit) return;;
-        --io-weight) return;;
-        --profile) return;;
     esac
     case "$cmd" in
         "") COMPREPLY=($(compgen -W "run sh check -h --help --version --debug" -- "$cur"));;
-        run) COMPREPLY=($(compgen -W "--root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --tmpfs --hide --home -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
-        sh) COMPREPLY=($(compgen -W "--root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --tmpfs --hide --home -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
+        run|sh) COMPREPLY=($(compgen -W "--root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --tmpfs --hide --home -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
         check) COMPREPLY=($(compgen -W "--json --debug -h --help" -- "$cur"));;
     esac
 }

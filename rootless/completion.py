@@ -22,8 +22,12 @@ def bash() -> str:
              "    cmd=", '    for ((i = 1; i < COMP_CWORD; i++)); do',
              '        case "${COMP_WORDS[i]}" in ' + "|".join(COMMANDS) + ') cmd="${COMP_WORDS[i]}"; break;; esac',
              "    done", '    case "$prev" in']
+    seen: set[str] = set()
     for command in COMMANDS:
         for opt in options_for(command):
+            if opt.names[-1] in seen:
+                continue        # run and sh share their options: one case each
+            seen.add(opt.names[-1])
             if opt.choices:
                 lines.append(f'        {"|".join(opt.names)}) COMPREPLY=($(compgen -W "{" ".join(opt.choices)}" '
                              '-- "$cur")); return;;')
@@ -34,9 +38,11 @@ def bash() -> str:
     lines += ["    esac", '    case "$cmd" in']
     globals_ = " ".join(n for o in GLOBAL_OPTIONS for n in o.names)
     lines.append(f'        "") COMPREPLY=($(compgen -W "{" ".join(COMMANDS)} {globals_}" -- "$cur"));;')
+    groups: dict[str, list[str]] = {}
     for command in COMMANDS:
-        names = " ".join(n for o in options_for(command) for n in o.names)
-        lines.append(f'        {command}) COMPREPLY=($(compgen -W "{names}" -- "$cur"));;')
+        groups.setdefault(" ".join(n for o in options_for(command) for n in o.names), []).append(command)
+    for names, commands in groups.items():
+        lines.append(f'        {"|".join(commands)}) COMPREPLY=($(compgen -W "{names}" -- "$cur"));;')
     lines += ["    esac", "}", "complete -o default -F _rbox rbox", ""]
     return "\n".join(lines)
 
