@@ -45,7 +45,7 @@ def run(spec: Spec, chan: sync.Channel, fd_sock: object = None, nested: tuple[in
     if master is not None:
         send_master(fd_sock, master)
     chan.send(sync.RUNNING)
-    code = supervise(pid)
+    code = supervise(pid, chan if spec.pty else None)
     log.step(f"command exited: {code}")
     kill_leftovers()
     return code
@@ -86,11 +86,16 @@ def set_hostname(name: str) -> None:
         raise NamespaceError(f"cannot set the host name: {e.strerror}") from None
 
 
-def supervise(command: int) -> int:
-    """Reap children and forward signals until the command exits; its exit code."""
+def supervise(command: int, chan: sync.Channel | None = None) -> int:
+    """Reap children and forward signals until the command exits; its exit code.
+
+    With a pty (`chan` given), a command that stops itself (vim, less: they catch
+    SIGTSTP and send themselves SIGSTOP) is reported to the parent, which gives the
+    terminal back and stops too, so that the caller's shell can `fg` it. Without that,
+    nobody could continue it: its process group is orphaned (it leads its own session)."""
     waited = FORWARDED + (signal.SIGCHLD,)
     while True:
-        code = reap(command)
+        code = reap(command, chan)
         if code is not None:
             return code
         info = signal.sigwaitinfo(waited)
@@ -101,16 +106,21 @@ def supervise(command: int) -> int:
                 pass
 
 
-def reap(command: int) -> int | None:
+def reap(command: int, chan: sync.Channel | None = None) -> int | None:
     """Reap every zombie; the command's exit code once it is among them."""
     code = None
     while True:
         try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
+            pid, status = os.waitpid(-1, os.WNOHANG | (os.WUNTRACED if chan else 0))
         except ChildProcessError:
             return code
         if pid == 0:
             return code
+        if os.WIFSTOPPED(status):
+            if pid == command and chan is not None:
+                log.step("the command stopped itself")
+                chan.send(sync.STOPPED)
+            continue
         if pid == command:
             code = waitstatus_to_code(status)
 

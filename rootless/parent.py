@@ -190,6 +190,8 @@ class Sandbox:
                     log.step("PID 1 is gone")
                 elif msg[0] == sync.ERROR:
                     raise sync.error_from_fields(msg[1])
+                elif msg[0] == sync.STOPPED:
+                    self._stop_with_the_command()
         _, status = os.waitpid(self.stage1, 0)
         self.status = status
         log.step(f"stage-1 exited: {waitstatus_to_code(status)}")
@@ -197,6 +199,21 @@ class Sandbox:
             for line in self.subtree.report(self.spec.limits):
                 log.say(line)
         return waitstatus_to_code(status)
+
+    def _stop_with_the_command(self) -> None:
+        """The command stopped itself (a Ctrl-Z in its pty): give the caller's terminal
+        back and stop rbox too, as the command would stop if run outside; when the shell
+        continues rbox (`fg`), take the terminal again and continue the command."""
+        if self.console is None:
+            return
+        self.console.restore()
+        os.kill(os.getpid(), signal.SIGTSTP)   # discarded in an orphaned process group
+        self.console.make_raw()
+        self.console.copy_window_size()
+        try:
+            os.kill(self.init_pid, signal.SIGCONT)
+        except ProcessLookupError:
+            pass
 
     def _poll(self, timeout: float | None, may_time_out: bool = False) -> bool:
         """True when the channel is readable; handles signals and the pty meanwhile."""

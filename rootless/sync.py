@@ -7,7 +7,8 @@ Runs in: parent, stage-1 and init (each holds one end of two pipes).
     2  parent -> stage-1  IDMAP_DONE     -
     3  stage-1 -> parent  INIT_STARTED   pid (host pid of PID 1)
     4  parent -> init     NETWORK_DONE   (network facts, later)
-    5  init -> parent     RUNNING        pid (host pid of the command)
+    5  init -> parent     RUNNING        -
+    6  init -> parent     STOPPED        - (the command stopped itself: a Ctrl-Z in its pty)
     *  any child -> parent ERROR         message, hint, code
 
 Stage-1 closes its ends after INIT_STARTED, so from then on the parent's read end
@@ -35,6 +36,7 @@ IDMAP_DONE = "IDMAP_DONE"
 INIT_STARTED = "INIT_STARTED"
 NETWORK_DONE = "NETWORK_DONE"
 RUNNING = "RUNNING"
+STOPPED = "STOPPED"
 ERROR = "ERROR"
 
 MAX_LINE = 65536

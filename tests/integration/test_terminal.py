@@ -166,3 +166,27 @@ def test_hang_up_of_the_outer_terminal_ends_the_sandbox(tmp_path) -> None:
     finally:
         t.close()      # kills the tmux server: the outer terminal hangs up
     assert wait_until(lambda: not any(marker in c for c in live_processes().values()), timeout=10)
+
+
+def test_ctrl_z_of_a_command_that_stops_itself_stops_rbox_and_fg_resumes_it(term, tmp_path) -> None:
+    # vim and less catch SIGTSTP and stop themselves with SIGSTOP; a command leading its
+    # own session is otherwise stuck (orphaned process group): rbox stops with it.
+    before = term.stty()
+    (tmp_path / "stopper.py").write_text(
+        "import os, signal, sys, time\n"
+        "signal.signal(signal.SIGTSTP, lambda *a: os.kill(os.getpid(), signal.SIGSTOP))\n"
+        "print('ar' + 'med', flush=True)\n"
+        "for line in sys.stdin:\n"
+        "    print('got', line.strip(), flush=True)\n")
+    term.line(f"{RBOX_CMD} run -- {shlex.quote(sys.executable)} stopper.py")
+    term.wait_for(r"^armed$")
+    term.send("C-z")
+    term.wait_for(r"Stopped\s+\S+ -m rootless run")
+    assert term.stty() == before            # the shell has its own settings back
+    term.line("fg")
+    term.line("hello-again")
+    term.wait_for(r"^got hello-again$")       # resumed, and reading its pty again
+    term.send("C-c")
+    term.wait_for(r"^outer\$$")             # the shell's prompt, empty: rbox has exited
+    term.line(STATUS)
+    assert term.wait_for(r"rc=(\d+)$").group(1) == "130"
