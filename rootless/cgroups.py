@@ -164,6 +164,15 @@ def events(text: str) -> dict[str, int]:
     return out
 
 
+def throttling(cpu_stat: dict[str, int], limits: Limits) -> str | None:
+    """How long --cpus held the sandbox back, from cpu.stat (pure)."""
+    if limits.cpus is None or not cpu_stat.get("nr_throttled"):
+        return None
+    seconds = cpu_stat.get("throttled_usec", 0) / 1e6
+    return (f"the CPU limit ({limits.cpus:g}) held the sandbox back {cpu_stat['nr_throttled']} time(s), "
+            f"{seconds:.1f} s in all")
+
+
 def explain(limits: Limits, memory_events: dict[str, int], pids_events: dict[str, int]) -> list[str]:
     """What the limits did to the command, in plain words (pure).
 
@@ -268,6 +277,9 @@ class Subtree:
             except OSError:
                 return {}
 
+        throttled = throttling(maybe("cpu.stat"), limits)
+        if throttled:
+            log.step(throttled)   # not a failure: said only with --debug
         return explain(limits, maybe("memory.events"), maybe("pids.events"))
 
     def cleanup(self) -> None:

@@ -138,3 +138,11 @@ def test_no_limit_means_no_cgroup_work() -> None:
 
     assert make(["run", "x"]).limits is None
     assert make(["run", "--memory-swap", "0", "x"]).limits.memory_swap == 0
+
+
+def test_cpu_throttling_is_described() -> None:
+    stat = cg.events("usage_usec 900000\nnr_periods 30\nnr_throttled 12\nthrottled_usec 2500000\n")
+    assert cg.throttling(stat, cg.Limits(cpus=0.5)) == (
+        "the CPU limit (0.5) held the sandbox back 12 time(s), 2.5 s in all")
+    assert cg.throttling(stat, cg.Limits(memory=1 << 30)) is None
+    assert cg.throttling(cg.events("nr_throttled 0\n"), cg.Limits(cpus=1)) is None
