@@ -43,17 +43,37 @@ def test_a_fork_bomb_is_contained_and_the_sandbox_still_exits() -> None:
     assert "reached its process limit (64)" in r.stderr
 
 
-def test_half_a_cpu_is_half_a_cpu(spawn) -> None:
-    proc = spawn("run", "--net=none", "--debug", "--cpus", "0.5", *py("busy", "12"))
+def payload_of(proc) -> Path:
+    """The sandbox's cgroup, from rbox's --debug lines (read while it runs)."""
     assert proc.stderr is not None
     payload = None
     for line in proc.stderr:
         found = re.search(r"cgroup: \d+ > (/sys/fs/cgroup/\S+/payload)/cgroup.procs", line)
         if found:
             payload = Path(found.group(1))
-        if "+ RUNNING" in line or "command is running" in line or "PID 1 is host pid" in line and payload:
+        if "PID 1 is host pid" in line and payload:
             break
     assert payload is not None and payload.is_dir()
+    return payload
+
+
+def test_every_limit_option_reaches_the_kernel(spawn) -> None:
+    proc = spawn("run", "--net=none", "--debug", "--memory", "300M", "--memory-high", "200M", "--memory-swap", "0",
+                 "--cpus", "1.5", "--cpu-weight", "50", "--pids-limit", "77", "--io-weight", "200",
+                 "--", "sleep", "60")
+    payload = payload_of(proc)
+    read = {name: (payload / name).read_text().split() for name in
+            ("memory.max", "memory.high", "memory.swap.max", "cpu.max", "cpu.weight", "pids.max", "io.weight")}
+    assert read == {"memory.max": [str(300 << 20)], "memory.high": [str(200 << 20)], "memory.swap.max": ["0"],
+                    "cpu.max": ["150000", "100000"], "cpu.weight": ["50"], "pids.max": ["77"],
+                    "io.weight": ["default", "200"]}
+    proc.terminate()
+    proc.communicate(timeout=120)
+
+
+def test_half_a_cpu_is_half_a_cpu(spawn) -> None:
+    proc = spawn("run", "--net=none", "--debug", "--cpus", "0.5", *py("busy", "12"))
+    payload = payload_of(proc)
 
     def usage() -> int:
         stat = dict(line.split() for line in (payload / "cpu.stat").read_text().splitlines())
