@@ -46,11 +46,12 @@ class Interrupted(Exception):
 def run(spec: Spec) -> int:
     idmap = plan_idmap(spec)
     ops = mounts.optimize(mounts.plan(spec))
-    driver = make_driver(spec)        # host checks for the network helper, before forking
-    subtree = limits_subtree(spec)    # may re-exec rbox in a systemd scope
     if spec.dry_run:
+        # Before anything with a side effect: no systemd scope, no cgroup, no helper.
         log.out("".join(line + "\n" for line in idmap.describe() + [op.describe() for op in ops]))
         return 0
+    subtree = limits_subtree(spec)    # may re-exec rbox in a systemd scope: before any helper starts
+    driver = make_driver(spec)        # host checks for the network helper, before forking
     for line in idmap.describe() if log.debugging() else ():
         log.step(line)
     block(FORWARDED)

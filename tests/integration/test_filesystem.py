@@ -231,3 +231,11 @@ def test_nothing_is_imported_after_pivot_root(tmp_path) -> None:
     first_init = next(i for i, line in enumerate(lines) if line.startswith("[rbox:init"))
     late = [line for line in lines[first_init:] if line.startswith("import time:")]
     assert late == []
+
+
+def test_dry_run_starts_nothing_even_with_limits_and_a_network(tmp_path) -> None:
+    # A limit on this host would be refused, a network would start slirp4netns: a dry
+    # run does neither, it only prints.
+    r = run_rbox("run", "--dry-run", "--memory", "1G", "--net=slirp4netns", "--", "true", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("id map (") and "slirp4netns" not in r.stderr
