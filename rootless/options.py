@@ -187,7 +187,7 @@ def help_text(command: str | None) -> str:
         lines = ["usage: rbox [--debug] COMMAND [OPTIONS] ...", "",
                  "A rootless sandbox: user, PID, mount, UTS, IPC and network namespaces.", "",
                  "commands:"]
-        lines += [f"  {name:<6}{text}" for name, (_, text) in COMMANDS.items()]
+        lines += [f"  {name:<7}{text}" for name, (_, text) in COMMANDS.items()]
         lines += ["", "options:"]
     else:
         usage, text = COMMANDS[command]
