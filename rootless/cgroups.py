@@ -7,10 +7,13 @@ The chain (rbox(1), RESOURCE LIMITS):
 1. cgroup v2 must be mounted at /sys/fs/cgroup, else there is no way to honour a limit:
    exit 125 (never run silently without the limit the user asked for).
 2. If rbox stands alone in a cgroup it may write to (a scope it was started in), it uses
-   it. Otherwise it re-executes itself under `systemd-run --user --scope -p Delegate=yes`
-   (the mechanism rootlesskit documents), marked with RBOX_IN_SCOPE=1 against loops;
-   before that, it checks that a user manager is reachable and that the controllers it
-   needs are delegated to it, so each failure is a message with the administrator's fix.
+   it. Otherwise it checks that a user manager is reachable and that the controllers it
+   needs are delegated to it (each failure a message with the administrator's fix), then
+   asks the manager over D-Bus for a delegated transient scope holding rbox itself
+   (StartTransientUnit with PIDs and Delegate, through busctl). If that is impossible, it
+   re-executes itself under `systemd-run --user --scope -p Delegate=yes` (the mechanism
+   rootlesskit documents), marked with RBOX_IN_SCOPE=1 against loops. The D-Bus way
+   saves the second interpreter start (bench/limits.py measures both).
 3. In the scope, the no-internal-processes rule (systemd's CGROUP_DELEGATION.md;
    nspawn's create_subcgroup) puts rbox in `supervisor` and the sandbox in `payload`;
    controllers are enabled in the scope's cgroup.subtree_control, limits written to
@@ -207,8 +210,51 @@ def prepare(limits: Limits, argv: list[str]) -> Subtree:
     if os.environ.get("RBOX_IN_SCOPE") == "1":
         raise CgroupError(f"the systemd scope rbox started is not delegated to you (`{base}`)",
                           hint="the user manager must allow Delegate=yes; see rbox(1), RESOURCE LIMITS")
-    reexec_in_scope(limits, argv)
+    systemd_run, bus = check_user_manager(limits)
+    mechanism = os.environ.get("RBOX_SCOPE_MECHANISM", "dbus")
+    if mechanism == "dbus":
+        subtree = move_into_scope(bus, files, limits)
+        if subtree is not None:
+            return subtree
+    reexec_in_scope(systemd_run, bus, argv)
     raise AssertionError("unreachable")
+
+
+def move_into_scope(bus: str, files: list[str], limits: Limits) -> Subtree | None:
+    """Ask the user manager over D-Bus (StartTransientUnit, through busctl) for a
+    delegated scope holding this very process. No second interpreter start, unlike the
+    systemd-run re-exec: bench/limits.py measures the difference. None when busctl is
+    missing or the call fails: systemd-run is the fallback."""
+    from rootless import spawn
+    from rootless.userns import which
+
+    busctl = which("busctl", os.environ.get("PATH"))
+    if busctl is None:
+        return None
+    name = f"rbox-{os.getpid()}-{os.urandom(3).hex()}.scope"
+    argv = [busctl, "--user", "call", "org.freedesktop.systemd1", "/org/freedesktop/systemd1",
+            "org.freedesktop.systemd1.Manager", "StartTransientUnit", "ssa(sv)a(sa(sv))", name, "fail",
+            "3", "PIDs", "au", "1", str(os.getpid()), "Delegate", "b", "true",
+            "CollectMode", "s", "inactive-or-failed", "0"]
+    os.environ["DBUS_SESSION_BUS_ADDRESS"] = bus
+    code, output = spawn.run(argv, timeout=10.0)
+    if code != 0:
+        log.step(f"StartTransientUnit failed ({output}); falling back to systemd-run")
+        return None
+    # The job is asynchronous: wait until the kernel shows us in the new scope.
+    deadline = time.monotonic() + 10.0
+    while time.monotonic() < deadline:
+        path = parse_proc_cgroup(read("/proc/self/cgroup")) or "/"
+        if path.endswith("/" + name):
+            base = ROOT + path
+            if not is_delegated(base, files):
+                raise CgroupError(f"the systemd scope `{name}` is not delegated to you",
+                                  hint="the user manager must allow Delegate=yes; see rbox(1), RESOURCE LIMITS")
+            check_controllers(base, limits.controllers())
+            return Subtree(base)
+        time.sleep(0.001)
+    raise CgroupError(f"the systemd scope `{name}` did not take rbox in within 10 s",
+                      hint="see rbox(1), RESOURCE LIMITS")
 
 
 def check_controllers(base: str, wanted: list[str]) -> None:
@@ -220,8 +266,9 @@ def check_controllers(base: str, wanted: list[str]) -> None:
                                "(Delegate=cpu cpuset io memory pids); see rbox(1), HOST SETUP")
 
 
-def reexec_in_scope(limits: Limits, argv: list[str]) -> None:
-    """Become `systemd-run --user --scope -p Delegate=yes -- rbox ARGV...`."""
+def check_user_manager(limits: Limits) -> tuple[str, str]:
+    """(systemd-run's path, the session bus address), or CgroupError naming what is
+    missing: checked before asking for a scope, so the error is rbox's own."""
     from rootless.userns import which
 
     uid = os.getuid()
@@ -239,6 +286,11 @@ def reexec_in_scope(limits: Limits, argv: list[str]) -> None:
     manager = f"{ROOT}/user.slice/user-{uid}.slice/user@{uid}.service"
     if os.path.exists(f"{manager}/cgroup.controllers"):
         check_controllers(manager, limits.controllers())
+    return systemd_run, bus
+
+
+def reexec_in_scope(systemd_run: str, bus: str, argv: list[str]) -> None:
+    """Become `systemd-run --user --scope -p Delegate=yes -- rbox ARGV...`."""
     command = [systemd_run, "--user", "--scope", "--quiet", "--collect", "-p", "Delegate=yes",
                "--", sys.executable, "-m", "rootless", *argv]
     log.step(" ".join(command))

@@ -28,8 +28,11 @@ def rbox_leaves() -> list[Path]:
             if name in ("payload", "supervisor")]
 
 
-def test_a_memory_hog_is_killed_and_reported_while_the_host_lives_on() -> None:
-    r = run_rbox("run", "--net=none", "--memory", "64M", "--memory-swap", "0", *py("memhog", "256"), timeout=300)
+@pytest.mark.parametrize("mechanism", ["dbus", "systemd-run"])
+def test_a_memory_hog_is_killed_and_reported_while_the_host_lives_on(mechanism: str) -> None:
+    # Both ways to a delegated scope: D-Bus (the default) and the systemd-run fallback.
+    r = run_rbox("run", "--net=none", "--memory", "64M", "--memory-swap", "0", *py("memhog", "256"), timeout=300,
+                 env={"RBOX_SCOPE_MECHANISM": mechanism})
     assert r.returncode == 137, r.stderr
     assert "allocated" not in r.stdout
     assert "rbox: the command was killed: out of memory (limit 64M)" in r.stderr
