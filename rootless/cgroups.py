@@ -29,16 +29,12 @@ import sys
 import time
 
 from rootless import log
-from rootless.errors import RboxError, SpecError
+from rootless.errors import CgroupError, SpecError
 
 ROOT = "/sys/fs/cgroup"
 DELEGATE_LIST = "/sys/kernel/cgroup/delegate"
 CPU_PERIOD = 100_000          # cpu.max period in microseconds (the kernel's default)
 UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
-
-
-class CgroupError(RboxError):
-    """A limit was asked for and this host cannot enforce it."""
 
 
 class Limits:

@@ -46,6 +46,14 @@ class MountError(RboxError):
     """Building the sandbox's filesystem failed."""
 
 
+class NetworkError(RboxError):
+    """A network helper (slirp4netns, pasta) failed."""
+
+
+class CgroupError(RboxError):
+    """A limit was asked for and this host cannot enforce it."""
+
+
 class ProtocolError(RboxError):
     """A peer process died, timed out, or sent something unexpected during setup."""
 

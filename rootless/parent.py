@@ -228,14 +228,14 @@ class Sandbox:
         if not ready and not may_time_out:
             raise ProtocolError(f"the sandbox did not finish setting up within {timeout:g} s")
         if self.sigfd in ready:
-            self._on_signal(*read_signalfd(self.sigfd))
+            self._on_signal(read_signalfd(self.sigfd))
         if self.console:
             for fd, events in ready.items():
                 if fd not in (self.chan.rfd, self.sigfd):
                     self.console.on_ready(fd, events)
         return self.chan_open and self.chan.rfd in ready
 
-    def _on_signal(self, signo: int, code: int) -> None:
+    def _on_signal(self, signo: int) -> None:
         log.step(f"got signal {signal.Signals(signo).name}")
         if not self.init_pid:
             if signo in TERMINATING:

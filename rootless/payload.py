@@ -14,17 +14,13 @@ from __future__ import annotations
 
 import errno
 import os
-import signal
 import termios
 
 from rootless import console
 from rootless import syscalls as sc
 from rootless.errors import EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, RboxError
+from rootless.signals import ALL_SIGNALS
 from rootless.spec import Spec
-
-# Every signal back to its default and unblocked in the command: init blocks the
-# forwarded ones, and exec would keep both the mask and ignored dispositions.
-DEFAULT_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 
 
 def start(spec: Spec) -> tuple[int, int | None]:
@@ -39,8 +35,9 @@ def start(spec: Spec) -> tuple[int, int | None]:
     master, actions = open_pty() if spec.pty else (None, [])
     try:
         path = find_command(spec.command[0], spec.env.get("PATH"))
+        # Every signal at its default and unblocked: init blocks the forwarded ones.
         pid = os.posix_spawn(path, spec.command, spec.env, file_actions=actions, setsid=True,
-                             setsigmask=(), setsigdef=DEFAULT_SIGNALS)
+                             setsigmask=(), setsigdef=ALL_SIGNALS)
     except OSError as e:
         raise exec_error(spec, e.errno or 0) from None
     return pid, master

@@ -23,6 +23,9 @@ from rootless.syscalls import libc
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
              signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
 TERMINATING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+# Every signal a new process may have reset to its default (exec keeps ignored ones, and
+# Python ignores SIGPIPE and SIGXFSZ): for the command and for the host-side helpers.
+ALL_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
 SFD_CLOEXEC = 0o2000000
 
 
@@ -43,8 +46,6 @@ def signalfd(signals: tuple[int, ...]) -> int:
     return int(fd)
 
 
-def read_signalfd(fd: int) -> tuple[int, int]:
-    """(signal number, si_code) of one pending signal (struct signalfd_siginfo)."""
-    data = os.read(fd, 128)
-    signo, _errno, code = struct.unpack_from("Iii", data)
-    return signo, code
+def read_signalfd(fd: int) -> int:
+    """The number of one pending signal (ssi_signo of struct signalfd_siginfo)."""
+    return int(struct.unpack_from("I", os.read(fd, 128))[0])

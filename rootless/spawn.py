@@ -17,8 +17,7 @@ import signal
 import time
 
 from rootless import log
-
-ALL_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
+from rootless.signals import ALL_SIGNALS
 
 
 class Aborted(Exception):

@@ -29,9 +29,9 @@ import os
 import signal
 
 from rootless import log, net, spawn
-from rootless.errors import HostSetupError
+from rootless.errors import HostSetupError, NetworkError
 from rootless.net.ports import Port
-from rootless.net.slirp import READY_TIMEOUT, NetworkError, check_tun, private_dir, remove_dir
+from rootless.net.slirp import READY_TIMEOUT, check_tun, private_dir, remove_dir
 from rootless.userns import which
 
 

@@ -22,7 +22,7 @@ import os
 import signal
 
 from rootless import log, net, spawn
-from rootless.errors import HostSetupError, RboxError
+from rootless.errors import HostSetupError, NetworkError
 from rootless.hostcheck import FIX
 from rootless.net.ports import Port
 from rootless.userns import which
@@ -32,10 +32,6 @@ KNOWN = ("--configure", "--ready-fd", "--exit-fd", "--mtu", "--api-socket", "--d
 REQUIRED = ("--configure", "--ready-fd", "--exit-fd", "--mtu")
 READY_FD, EXIT_FD = 3, 4
 READY_TIMEOUT = 10.0
-
-
-class NetworkError(RboxError):
-    """A network helper failed."""
 
 
 def detect_features(help_text: str) -> frozenset[str]:
