@@ -44,6 +44,8 @@ class Interrupted(Exception):
 
 
 def run(spec: Spec) -> int:
+    if spec.cwd_warning and os.environ.get("RBOX_IN_SCOPE") != "1":   # once, not again in a scope
+        log.warn(spec.cwd_warning)
     idmap = plan_idmap(spec)
     ops = mounts.optimize(mounts.plan(spec))
     if spec.dry_run:
