@@ -25,9 +25,13 @@ DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
 
 class Op:
     dst: str
+    given: str | None = None   # the user's option as typed, when its paths resolved otherwise
 
     def describe(self) -> str:
         raise NotImplementedError
+
+    def origin(self) -> str:
+        return f" (from {self.given})" if self.given else ""
 
     def apply(self, oldroot: str, newroot: str) -> None:
         raise NotImplementedError
@@ -47,11 +51,11 @@ class RootBind(Op):
 
 
 class Bind(Op):
-    def __init__(self, src: str, dst: str, ro: bool):
-        self.src, self.dst, self.ro = src, dst, ro
+    def __init__(self, src: str, dst: str, ro: bool, given: str | None = None):
+        self.src, self.dst, self.ro, self.given = src, dst, ro, given
 
     def describe(self) -> str:
-        return f"bind {self.src} -> {self.dst} [{'ro' if self.ro else 'rw'}]"
+        return f"bind {self.src} -> {self.dst} [{'ro' if self.ro else 'rw'}]{self.origin()}"
 
     def apply(self, oldroot: str, newroot: str) -> None:
         src = oldroot + self.src
@@ -62,11 +66,11 @@ class Bind(Op):
 
 
 class Tmpfs(Op):
-    def __init__(self, dst: str, mode: str = "0755", ro: bool = False):
-        self.dst, self.mode, self.ro = dst, mode, ro
+    def __init__(self, dst: str, mode: str = "0755", ro: bool = False, given: str | None = None):
+        self.dst, self.mode, self.ro, self.given = dst, mode, ro, given
 
     def describe(self) -> str:
-        return f"tmpfs {self.dst} [mode={self.mode}{', ro' if self.ro else ''}]"
+        return f"tmpfs {self.dst} [mode={self.mode}{', ro' if self.ro else ''}]{self.origin()}"
 
     def apply(self, oldroot: str, newroot: str) -> None:
         dst = ensure_mountpoint(newroot, self.dst, True, f"mount a tmpfs on `{self.dst}`")
@@ -77,11 +81,11 @@ class Tmpfs(Op):
 class Hide(Op):
     """An empty read-only tmpfs over a directory, /dev/null over anything else."""
 
-    def __init__(self, dst: str):
-        self.dst = dst
+    def __init__(self, dst: str, given: str | None = None):
+        self.dst, self.given = dst, given
 
     def describe(self) -> str:
-        return f"hide {self.dst}"
+        return f"hide {self.dst}{self.origin()}"
 
     def apply(self, oldroot: str, newroot: str) -> None:
         dst = resolve_in(newroot, self.dst)
@@ -181,7 +185,11 @@ class Dir(Op):
 
 
 def plan(spec: Spec) -> list[Op]:
-    """The mounts for a spec, in the order given (optimize() sorts them)."""
+    """The mounts for a spec, in the order given (optimize() sorts them).
+
+    Every path in the spec is resolved already (spec.py, paths.py), so the order
+    optimize() gives is the order of the places themselves, whatever aliases the options
+    used. The places the sandbox mounts itself are paths.SANDBOX_OWN."""
     ops: list[Op] = [RootBind(), Proc(), Dev(),
                      Tmpfs("/tmp", "1777"), Tmpfs("/var/tmp", "1777"), Tmpfs("/run", "0755"),
                      Dir(f"/run/user/{spec.uid}", 0o700)]
@@ -190,18 +198,18 @@ def plan(spec: Spec) -> list[Op]:
         ops.append(Bind(spec.home, spec.home, ro=False))
     elif spec.home_mode == "tmpfs":
         ops.append(Tmpfs(spec.home, "0700"))
-    if spec.cwd != "/":
-        # The current directory is the one place the command may write on the host.
-        # A cwd of `/` is left read-only: binding it rw would undo the read-only root.
+    if spec.cwd_bound:
+        # The current directory, when it is a project directory, is the one place the
+        # command may write on the host (spec.cwd_protection says which are not).
         ops.append(Bind(spec.cwd, spec.cwd, ro=False))
     for m in spec.mounts:
         if m.kind == "--tmpfs":
-            ops.append(Tmpfs(m.dst, "0755"))
+            ops.append(Tmpfs(m.dst, "0755", given=m.given))
         elif m.kind == "--hide":
-            ops.append(Hide(m.dst))
+            ops.append(Hide(m.dst, given=m.given))
         else:
             assert m.src is not None
-            ops.append(Bind(m.src, m.dst, ro=(m.kind == "--ro-bind")))
+            ops.append(Bind(m.src, m.dst, ro=(m.kind == "--ro-bind"), given=m.given))
     return ops
 
 
@@ -240,7 +248,9 @@ def depth(path: str) -> int:
 
 def optimize(ops: list[Op]) -> list[Op]:
     """Parents before children (a stable sort by depth, as mkosi's optimize()), so that a
-    tmpfs on /tmp never hides a bind below it; at equal depth the later option wins."""
+    tmpfs on /tmp never hides a bind below it; at equal depth the later option wins.
+    The depth is the resolved path's (spec.py): an alias cannot move a --hide or a
+    --ro-bind before the bind of its ancestor."""
     return sorted(ops, key=lambda op: depth(op.dst))
 
 

@@ -15,7 +15,7 @@ import select
 import signal
 import time
 
-from rootless import log, mounts, stage1, sync, userns
+from rootless import log, mounts, stage1, state, sync, userns
 from rootless.console import Console
 from rootless.errors import ProtocolError, waitstatus_to_code
 from rootless.guard import run_child
@@ -44,12 +44,15 @@ class Interrupted(Exception):
 
 
 def run(spec: Spec) -> int:
+    if spec.cwd_warning and os.environ.get("RBOX_IN_SCOPE") != "1":   # once, not again in a scope
+        log.warn(spec.cwd_warning)
     idmap = plan_idmap(spec)
     ops = mounts.optimize(mounts.plan(spec))
     if spec.dry_run:
         # Before anything with a side effect: no systemd scope, no cgroup, no helper.
         log.out("".join(line + "\n" for line in idmap.describe() + [op.describe() for op in ops]))
         return 0
+    state.sweep()                     # what sandboxes killed during setup left (state.py)
     subtree = limits_subtree(spec)    # may re-exec rbox in a systemd scope: before any helper starts
     driver = make_driver(spec)        # host checks for the network helper, before forking
     for line in idmap.describe() if log.debugging() else ():

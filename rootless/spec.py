@@ -6,6 +6,11 @@ Every check that can be made on the host is made here, so a bad option gives one
 error and exit 125 before any namespace exists (bwrap's block of `die("--x requires
 --y")`). Checks that depend on the sandbox's own tree (a bind destination that cannot be
 created) happen in init and come back to the parent as an ERROR message.
+
+Every path of an option is resolved here, once (paths.py), so the mount plan is ordered
+by the places themselves; and here it is decided whether the current directory is bound
+read-write (not when it is `/`, the home, /tmp or another shared place: rbox(1),
+--cwd-writable).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from rootless.errors import SpecError
 from rootless.net import DEFAULT_MODE, uses_helper
 from rootless.net.ports import Port, check_unique, parse
 from rootless.options import Parsed
+from rootless.paths import FRESH, HIDDEN, RO, RW, SANDBOX_OWN, View, inside
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -26,12 +32,17 @@ HOSTNAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ012345
 
 
 class UserMount:
-    """One of --bind, --ro-bind, --tmpfs, --hide, in the order given."""
+    """One of --bind, --ro-bind, --tmpfs, --hide, in the order given, with its paths
+    resolved (paths.py); `given` is the option as typed when that differs."""
 
-    __slots__ = ("kind", "src", "dst")
+    __slots__ = ("kind", "src", "dst", "given")
 
-    def __init__(self, kind: str, src: str | None, dst: str):
-        self.kind, self.src, self.dst = kind, src, dst
+    def __init__(self, kind: str, src: str | None, dst: str, given: str | None = None):
+        self.kind, self.src, self.dst, self.given = kind, src, dst, given
+
+    @property
+    def view_kind(self) -> str:
+        return {"--tmpfs": FRESH, "--hide": HIDDEN, "--ro-bind": RO}.get(self.kind, RW)
 
 
 class Spec:
@@ -54,6 +65,8 @@ class Spec:
     user: str
     home: str
     cwd: str
+    cwd_bound: bool          # the cwd is bound read-write (cwd_protection)
+    cwd_warning: str | None  # why it is not, when the user should know
     tty: bool       # rbox's stdin is a terminal
     pty: bool       # the command gets a new pseudo-terminal (console.py)
     limits: Limits | None   # None: no limit asked, no cgroup work at all
@@ -75,24 +88,124 @@ def from_parsed(parsed: Parsed, environ: dict[str, str], cwd: str, tty: bool,
         user, home, shell = pw.pw_name, pw.pw_dir, pw.pw_shell
     except KeyError:
         user, home, shell = str(uid), environ.get("HOME", "/"), ""
+    home = os.path.realpath(home)
+    home_mode = str(v.get("home") or "ro")
+    cwd = os.path.realpath(cwd)   # getcwd() is physical already; tests pass other paths
+    mounts, cwd_bound, cwd_warning = _resolve_paths(v, environ, cwd, home, home_mode, uid)
     return Spec(
         command=_command(parsed, shell),
         root=bool(v.get("root")),
         net=net_mode,
         ports=_ports(v, net_mode),
         allow_host_loopback=_allow_host_loopback(v, net_mode),
-        mounts=[_user_mount(kind, value, cwd) for kind, value in _list(v, "mounts")],
-        home_mode=str(v.get("home") or "ro"),
+        mounts=mounts,
+        home_mode=home_mode,
         workdir=_workdir(v.get("workdir"), cwd),
         hostname=_hostname(str(v.get("hostname") or "rbox")),
         env=_environment(v, environ),
         dry_run=bool(v.get("dry_run")),
         debug=bool(v.get("debug")),
-        uid=uid, gid=gid, user=user, home=os.path.normpath(home), cwd=cwd, tty=tty,
-        pty=_pty(v, tty),
+        uid=uid, gid=gid, user=user, home=home, cwd=cwd, cwd_bound=cwd_bound, cwd_warning=cwd_warning,
+        tty=tty, pty=_pty(v, tty),
         limits=_limits(v),
         argv=list(argv or []),
     )
+
+
+def _resolve_paths(v: dict[str, object], environ: dict[str, str], cwd: str, home: str, home_mode: str,
+                   uid: int) -> tuple[list[UserMount], bool, str | None]:
+    """The user's mounts with resolved paths, whether the cwd is bound read-write, and
+    the warning to give when it is not (paths.py explains the resolution)."""
+    base = View([(p, None, FRESH) for p in (*SANDBOX_OWN, "/dev/shm", f"/run/user/{uid}")])
+    if home_mode == "tmpfs":
+        base.add(home, None, FRESH)
+    elif home_mode == "rw":
+        base.add(home, home, RW)
+    reason = cwd_protection(cwd, protected_places(home, environ))
+    forced = bool(v.get("cwd_writable"))
+    # A cwd of `/` is never bound: binding it read-write would undo the read-only root.
+    want_cwd = cwd != "/" and (reason is None or forced)
+    entries = _list(v, "mounts")
+    # Pass 1: each option's paths as the options before it leave the sandbox; pass 2:
+    # as all of them do (a later bind of an ancestor changes what lies below it).
+    view = base.copy()
+    if want_cwd:
+        view.add(cwd, cwd, RW)
+    first = []
+    for kind, value in entries:
+        m = _user_mount(kind, value, cwd, view)
+        view.add(m.dst, m.src, m.view_kind)
+        first.append(m)
+    cwd_bound = want_cwd and not _covers_cwd(first, cwd)
+    full = base.copy()
+    if cwd_bound:
+        full.add(cwd, cwd, RW)
+    for m in first:
+        full.add(m.dst, m.src, m.view_kind)
+    mounts = [_user_mount(kind, value, cwd, full) for kind, value in entries]
+    covered = _covers_cwd(mounts, cwd)
+    cwd_bound = cwd_bound and not covered
+    warning = None if cwd_bound or covered else _cwd_warning(cwd, reason, forced, home, full)
+    return mounts, cwd_bound, warning
+
+
+def _covers_cwd(mounts: list[UserMount], cwd: str) -> bool:
+    """An explicit --hide or --ro-bind at or above the cwd wins over the implicit cwd bind:
+    a hidden path stays hidden, a read-only one read-only."""
+    return any(m.kind in ("--hide", "--ro-bind") and inside(cwd, m.dst) for m in mounts)
+
+
+def protected_places(home: str, environ: dict[str, str]) -> list[tuple[str, str]]:
+    """Directories whose bind would open more than a project (rbox(1), --cwd-writable):
+    code there runs outside the sandbox later (~/.bashrc, ~/.config/systemd/user), or
+    other programs' sockets live there (a terminal multiplexer's in /tmp)."""
+    places = [("/", "is the root directory"), (home, "is your home directory")]
+    env_home = environ.get("HOME", "")
+    if env_home.startswith("/"):
+        places.append((os.path.realpath(env_home), "is your home directory ($HOME)"))
+    places += [(os.path.realpath(p), "is a shared temporary directory") for p in ("/tmp", "/var/tmp")]
+    places.append((os.path.realpath("/dev/shm"), "is the shared memory directory"))
+    runtime = environ.get("XDG_RUNTIME_DIR", "")
+    if runtime.startswith("/"):
+        places.append((os.path.realpath(runtime), "is your runtime directory ($XDG_RUNTIME_DIR)"))
+    # The host's own trees, which the sandbox replaces with its own or keeps read-only:
+    # a bind of the host's would undo that (host processes in /proc, sockets in /run).
+    places += [(p, f"is the host's {p}") for p in ("/proc", "/dev", "/run", "/sys")]
+    return places
+
+
+def cwd_protection(cwd: str, places: list[tuple[str, str]]) -> str | None:
+    """Why `cwd` (physical) must not be bound read-write, or None for a project directory."""
+    for path, what in places:
+        if cwd == path:
+            return what
+    for path, what in places:
+        if inside(path, cwd):
+            return f"contains {what.removeprefix('is ')} `{path}`"
+    return None
+
+
+def _cwd_warning(cwd: str, reason: str | None, forced: bool, home: str, view: View) -> str | None:
+    """What happens to a cwd that is not bound, said the way it really is inside."""
+    if reason is None:
+        return None
+    entry = view.covering(cwd)
+    kind = entry[2] if entry else RO
+    if kind == RW:
+        return None          # writable anyway, through --bind or --home=rw
+    advice = "use --bind DIR for what the command must write"
+    if cwd == "/" and forced:
+        return f"not binding the current directory `/` read-write, not even with --cwd-writable; {advice}"
+    if entry is None or kind != FRESH:
+        fate = "it stays read-only in the sandbox"
+    elif entry[0] == home:
+        fate = "the command starts in the sandbox's empty home (--home=tmpfs), not in yours"
+    elif entry[0] == cwd:
+        fate = f"the command starts in the sandbox's own `{cwd}`, not the host's"
+    else:
+        fate = f"inside, `{entry[0]}` is the sandbox's own, without the host's `{cwd}`"
+    return (f"not binding the current directory `{cwd}` read-write: it {reason}; {fate}. Run rbox in a "
+            f"project directory, or {advice}, or --cwd-writable to bind this one anyway")
 
 
 def _list(values: dict[str, object], key: str) -> list[tuple[str, str]]:
@@ -171,25 +284,35 @@ def _absolute(path: str, cwd: str, what: str) -> str:
     return os.path.normpath(os.path.join(cwd, path))
 
 
-def _user_mount(kind: str, value: str, cwd: str) -> UserMount:
+def _user_mount(kind: str, value: str, cwd: str, view: View) -> UserMount:
+    """One option with its paths resolved: the source on the host (its symlinks
+    followed), the destination as the sandbox will show it (paths.View)."""
     if kind in ("--tmpfs", "--hide"):
-        dst = _absolute(value, cwd, kind)
+        typed = _absolute(value, cwd, kind)
+        dst = _resolve(view, os.path.join(cwd, value), kind)
         _not_root(dst, kind)
-        return UserMount(kind, None, dst)
+        return UserMount(kind, None, dst, None if dst == typed else f"{kind} {value}")
     src_text, sep, dst_text = value.partition(":")
-    src = _absolute(src_text, cwd, kind)
+    typed_src = _absolute(src_text, cwd, kind)
     try:
-        os.stat(src)
+        os.stat(os.path.join(cwd, src_text))
     except OSError as e:
-        raise SpecError(f"cannot bind `{src}`: {e.strerror}",
+        raise SpecError(f"cannot bind `{typed_src}`: {e.strerror}",
                         hint=f"the source of {kind} SRC[:DST] must exist on the host") from None
     if sep and not dst_text.startswith("/"):
         raise SpecError(f"the destination of {kind} must be an absolute path, not `{dst_text}`")
-    dst = os.path.normpath(dst_text) if sep else src
+    src = os.path.realpath(os.path.join(cwd, src_text))
+    dst = _resolve(view, dst_text if sep else os.path.join(cwd, src_text), kind)
     _not_root(dst, kind)
-    # Resolve symlinks on the host side now; the destination is resolved inside the
-    # sandbox's tree by init (mounts.resolve_in), never against the host's root.
-    return UserMount(kind, os.path.realpath(src), dst)
+    typed_dst = os.path.normpath(dst_text) if sep else typed_src
+    return UserMount(kind, src, dst, None if (src, dst) == (typed_src, typed_dst) else f"{kind} {value}")
+
+
+def _resolve(view: View, path: str, kind: str) -> str:
+    try:
+        return view.resolve(path)
+    except OSError as e:
+        raise SpecError(f"cannot resolve `{path}` for {kind}: {e.strerror}") from None
 
 
 def _not_root(dst: str, kind: str) -> None:

@@ -82,6 +82,22 @@ def probe(name: str) -> str | None:
         if os.path.exists(RBOX_SCRIPT):
             return None
         return f"rbox is not installed beside {sys.executable} (pip install -e .)"
+    if name == "two_users":
+        # A second local user the test can act as (class 6 of issue #10: state planted by
+        # another user). .ci/run creates `rboxother` and a sudoers drop-in for it.
+        other = other_user()
+        try:
+            pwd.getpwnam(other)
+        except KeyError:
+            return f"no local user `{other}` (RBOX_TEST_OTHER_USER; .ci/run creates rboxother)"
+        try:
+            r = subprocess.run(["sudo", "-n", "-u", other, "true"], capture_output=True, text=True, timeout=30,
+                               stdin=subprocess.DEVNULL)
+        except FileNotFoundError:
+            return "sudo is not installed"
+        if r.returncode != 0:
+            return f"cannot act as {other}: `sudo -n -u {other} true` failed: {r.stderr.strip()[-200:]}"
+        return None
     if name == "nosubid":
         from rootless import userns
 
@@ -90,6 +106,10 @@ def probe(name: str) -> str | None:
             return f"{user} has a subordinate uid range (run these as a user without one)"
         return None
     raise ValueError(name)
+
+
+def other_user() -> str:
+    return os.environ.get("RBOX_TEST_OTHER_USER", "rboxother")
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:

@@ -16,7 +16,8 @@ fails at once is noticed at once.
 
 pasta's `--pid FILE` is a FIFO that rbox holds open for reading: pasta writes its pid
 there once the namespace is configured, which makes it a ready fd (EOF means pasta
-failed first). The FIFO's private directory is removed right after.
+failed first). The FIFO lives in a locked directory of rbox's own state (state.py),
+removed right after.
 Choices, after podman's (options/network.md): `-T none -U none` (no automatic forwarding
 of the host's ports into the sandbox, which would open the host's loopback services),
 `--no-map-gw` unless --allow-host-loopback (the gateway would reach the host's loopback),
@@ -28,10 +29,10 @@ from __future__ import annotations
 import os
 import signal
 
-from rootless import log, net, spawn
+from rootless import log, net, spawn, state
 from rootless.errors import HostSetupError, NetworkError
 from rootless.net.ports import Port
-from rootless.net.slirp import READY_TIMEOUT, check_tun, private_dir, remove_dir
+from rootless.net.slirp import READY_TIMEOUT, check_tun
 from rootless.userns import which
 
 
@@ -79,10 +80,15 @@ class PastaDriver:
 
             for port in self.ports:
                 api.check_free(port)
-        private = private_dir()
-        fifo = f"{private}/ready"
-        os.mkfifo(fifo, 0o600)
-        ready = os.open(fifo, os.O_RDONLY | os.O_NONBLOCK)   # before pasta opens it to write
+        private = state.create()
+        try:
+            os.mkfifo("ready", 0o600, dir_fd=private.fd)
+            # Opened before pasta opens it to write.
+            ready = os.open("ready", os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=private.fd)
+        except OSError as e:
+            private.remove()
+            raise NetworkError(f"cannot make pasta's FIFO in `{private.path}`: {e.strerror}") from None
+        fifo = f"{private.path}/ready"
         lifeline_r, self.lifeline = os.pipe()
         try:
             argv = build_argv(self.binary, init_pid, self.allow_host_loopback, self.ports, fifo)
@@ -92,7 +98,7 @@ class PastaDriver:
             self._wait_ready(ready, abort_fd)
         finally:
             os.close(ready)
-            remove_dir(private)
+            private.remove()
 
     def _wait_ready(self, ready: int, abort_fd: int | None) -> None:
         assert self.watchdog is not None

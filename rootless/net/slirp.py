@@ -13,7 +13,8 @@ slirp4netns joins PID 1's user and network namespaces, creates tap0 and configur
 - holds the write end of `--exit-fd`: when rbox exits, even by SIGKILL, the kernel
   closes it and slirp4netns exits (slirp4netns(1): "exits when a poll(2) event happens
   on the FD"), so slirp4netns never outlives the sandbox;
-- publishes ports through the API socket, which is unlinked as soon as that is done.
+- publishes ports through the API socket, in a locked directory of rbox's own state
+  (state.py), which is removed as soon as that is done.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from __future__ import annotations
 import os
 import signal
 
-from rootless import log, net, spawn
+from rootless import log, net, spawn, state
 from rootless.errors import HostSetupError, NetworkError
 from rootless.hostcheck import FIX
 from rootless.net.ports import Port
@@ -114,8 +115,8 @@ class SlirpDriver:
         features = probe_features(self.probe)
         self.probe = None
         check_features(features, self.allow_host_loopback, bool(self.ports))
-        api_dir = private_dir() if self.ports else None
-        api = f"{api_dir}/slirp.sock" if api_dir else None
+        api_dir = state.create() if self.ports else None
+        api = f"{api_dir.path}/slirp.sock" if api_dir else None
         ready_r, ready_w = os.pipe()
         exit_r, self.exit_w = os.pipe()
         try:
@@ -141,7 +142,7 @@ class SlirpDriver:
         finally:
             os.close(ready_r)
             if api_dir:
-                remove_dir(api_dir)
+                api_dir.remove()
 
     def _wait_ready(self, ready_r: int, abort_fd: int | None) -> None:
         assert self.helper is not None
@@ -173,37 +174,3 @@ def _hint(output: str) -> str | None:
     if "/dev/net/tun" in output:
         return "an administrator can run `chmod 0666 /dev/net/tun`; --net=none runs without a network"
     return None
-
-
-def private_dir() -> str:
-    """A fresh 0700 directory for a helper's socket or pid file, in $XDG_RUNTIME_DIR
-    when there is one. It lives only during setup; one left by an rbox that was killed
-    meanwhile (its pid is in the name) is removed by the next rbox."""
-    base = os.environ.get("XDG_RUNTIME_DIR")
-    if not base or not os.access(base, os.W_OK):
-        base = "/tmp"
-    _remove_stale(base)
-    path = f"{base}/rbox-{os.getpid()}-{os.urandom(4).hex()}"
-    os.mkdir(path, 0o700)
-    return path
-
-
-def _remove_stale(base: str) -> None:
-    try:
-        names = [n for n in os.listdir(base) if n.startswith("rbox-")]
-    except OSError:
-        return
-    for name in names:
-        pid = name.split("-")[1]
-        path = f"{base}/{name}"
-        try:
-            if pid.isdigit() and not os.path.exists(f"/proc/{pid}") and os.stat(path).st_uid == os.getuid():
-                remove_dir(path)
-        except OSError:
-            continue
-
-
-def remove_dir(path: str) -> None:
-    for name in os.listdir(path):
-        os.unlink(f"{path}/{name}")
-    os.rmdir(path)
