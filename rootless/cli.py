@@ -61,6 +61,10 @@ def _main(argv: list[str]) -> int:
         from rootless import hostcheck
 
         return hostcheck.run(bool(parsed.values.get("json")))
+    if parsed.command == "unshare":
+        from rootless import unshare
+
+        return unshare.run(parsed.args)
     try:
         from rootless import parent, spec  # after --help: they are not needed for it
     except ImportError as e:

@@ -156,9 +156,15 @@ def _pty(v: dict[str, object], tty: bool) -> bool:
 
 def _command(parsed: Parsed, shell: str) -> list[str]:
     if parsed.command == "sh":
+        # The shell's own -l and -c, passed as the shell takes them (sh(1), bash(1)).
+        argv = [shell or "/bin/sh"] + (["-l"] if parsed.values.get("login") else [])
+        script = parsed.values.get("shell_command")
+        if script is not None:
+            return [*argv, "-c", str(script), *parsed.args]
         if parsed.args:
-            raise SpecError("`rbox sh` takes no command", hint="use `rbox run -- COMMAND ...` to run a command")
-        return [shell or "/bin/sh"]
+            raise SpecError("`rbox sh` takes no command words without -c",
+                            hint="use `rbox sh -c 'COMMAND'`, or `rbox run -- COMMAND ...`")
+        return argv
     if not parsed.args:
         raise SpecError("`rbox run` needs a COMMAND",
                         hint="for example `rbox run -- id`, or `rbox sh` for a shell")

@@ -81,7 +81,7 @@ def probe(name: str) -> str | None:
 
         if os.path.exists(RBOX_SCRIPT):
             return None
-        return f"rbox is not installed beside {sys.executable} (pip install -e .)"
+        return f"rbox is not installed beside {sys.executable} (pip install .)"
     if name == "nosubid":
         from rootless import userns
 

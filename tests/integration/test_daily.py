@@ -1,0 +1,95 @@
+"""Daily use: `rbox unshare`, `rbox sh -l/-c`, the installed man page (issue #13).
+
+Runs in: the test runner, as the unprivileged user, with the real rbox."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from tests.integration.helpers import RBOX_SCRIPT, run_rbox
+
+pytestmark = pytest.mark.needs_userns
+
+
+@pytest.mark.needs_subuid
+def test_unshare_deletes_what_root_made(tmp_path) -> None:
+    made = run_rbox("run", "--root", "--net=none", "--", "sh", "-c",
+                    "mkdir -p tree/sub && touch tree/sub/f && chown -R 1:1 tree && chmod 0700 tree/sub",
+                    cwd=tmp_path)
+    assert made.returncode == 0, made.stderr
+    # Positive control: from outside, the user cannot delete it (the files are a subordinate id's).
+    outside = subprocess.run(["rm", "-rf", "tree"], cwd=tmp_path, capture_output=True, text=True)
+    assert outside.returncode != 0 and "Permission denied" in outside.stderr
+    r = run_rbox("unshare", "--", "rm", "-rf", "tree", cwd=tmp_path)
+    assert (r.returncode, r.stderr) == (0, "")
+    assert not (tmp_path / "tree").exists()
+
+
+@pytest.mark.needs_subuid
+def test_unshare_is_uid_0_with_the_root_map_and_nothing_else() -> None:
+    r = run_rbox("unshare", "--", "sh", "-c", 'id -u; cat /proc/self/uid_map; readlink /proc/self/ns/net; pwd')
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert lines[0] == "0"
+    assert lines[1].split() == ["0", str(os.getuid()), "1"]
+    assert len(lines[2].split()) == 3 and lines[2].split()[0] == "1"       # subordinate range from 1 up
+    assert lines[-2] == os.readlink("/proc/self/ns/net")                     # the host's network
+    assert lines[-1] == os.getcwd()
+
+
+@pytest.mark.parametrize(("argv", "code"), [(["sh", "-c", "exit 7"], 7), (["no-such-command-x"], 127),
+                                            (["sh", "-c", "kill -TERM $$"], 143), (["/etc/passwd"], 126)])
+def test_unshare_passes_the_status_through(argv: list[str], code: int) -> None:
+    r = run_rbox("unshare", "--", *argv)
+    assert r.returncode == code, r.stderr
+    if code in (126, 127):
+        assert r.stderr.startswith("rbox: error:") and "\nhint: " in r.stderr
+
+
+def test_unshare_needs_a_command() -> None:
+    r = run_rbox("unshare")
+    assert r.returncode == 125 and "needs a COMMAND" in r.stderr and "hint:" in r.stderr
+
+
+def test_sh_dash_c_runs_like_the_shells_own(tmp_path) -> None:
+    env = {"SHELL": "/bin/sh"}
+    r = run_rbox("sh", "--net=none", "-c", 'echo "$0:$1:$2"', "name", "a b", "c", env=env)
+    assert (r.returncode, r.stdout) == (0, "name:a b:c\n"), r.stderr
+    r = run_rbox("sh", "--net=none", "-c", "exit 3")
+    assert r.returncode == 3
+
+
+def test_sh_login_reads_the_profile(tmp_path) -> None:
+    # bash as a login shell reads ~/.bash_profile; HOME is pointed at a directory of our own.
+    shell = os.environ.get("SHELL") or ""
+    import pwd
+
+    login_shell = pwd.getpwuid(os.getuid()).pw_shell
+    assert os.path.basename(login_shell) == "bash", f"the test user's shell is {login_shell} ({shell})"
+    (tmp_path / ".bash_profile").write_text("echo PROFILE-READ\n")
+    r = run_rbox("sh", "--net=none", "-l", "-c", "shopt -q login_shell && echo LOGIN", env={"HOME": str(tmp_path)},
+                 cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.split() == ["PROFILE-READ", "LOGIN"]
+    # Control: without -l the profile is not read.
+    r = run_rbox("sh", "--net=none", "-c", "shopt -q login_shell || echo NOT-LOGIN", env={"HOME": str(tmp_path)},
+                 cwd=tmp_path)
+    assert r.stdout.split() == ["NOT-LOGIN"]
+
+
+@pytest.mark.needs_install
+def test_man_finds_the_installed_page() -> None:
+    man = shutil.which("man")
+    assert man, "man is needed (Debian package man-db)"
+    bindir = os.path.dirname(RBOX_SCRIPT)
+    env = {"PATH": f"{bindir}:/usr/bin:/bin", "HOME": os.environ.get("HOME", "/"), "MANPATH": ""}
+    env.pop("MANPATH")
+    r = subprocess.run([man, "-w", "rbox"], capture_output=True, text=True, env=env, timeout=30)
+    assert r.returncode == 0, r.stderr
+    page = os.path.realpath(r.stdout.strip())
+    assert page.startswith(os.path.realpath(sys.prefix)), page
