@@ -138,6 +138,11 @@ def _ports(v: dict[str, object], mode: str) -> list[Port]:
     if ports and not uses_helper(mode):
         raise SpecError(f"-p/--publish needs --net=slirp4netns or --net=pasta, not --net={mode}",
                         hint="with --net=host the command's ports are the host's already")
+    if mode == "slirp4netns" and any(":" in p.host_ip for p in ports):
+        # slirp4netns's add_hostfwd takes IPv4 host addresses only (1.2: "bad arguments.host_addr").
+        raise SpecError("publishing on an IPv6 host address needs --net=pasta",
+                        hint="add --net=pasta (the command must listen on IPv6 or on both, e.g. `::`), "
+                             "or publish on an IPv4 address such as 127.0.0.1")
     check_unique(ports)
     return ports
 

@@ -93,3 +93,42 @@ def test_man_finds_the_installed_page() -> None:
     assert r.returncode == 0, r.stderr
     page = os.path.realpath(r.stdout.strip())
     assert page.startswith(os.path.realpath(sys.prefix)), page
+
+
+def test_ipv6_publish_needs_pasta() -> None:
+    r = run_rbox("run", "-p", "[::1]:18081:80", "--", "true")
+    assert r.returncode == 125 and "needs --net=pasta" in r.stderr and "hint:" in r.stderr
+
+
+@pytest.mark.needs_pasta
+def test_ipv6_publish_with_pasta(tmp_path) -> None:
+    import socket
+    import time
+
+    from tests.integration.helpers import start_rbox
+
+    port = _free_port6()
+    proc = start_rbox("run", "--net=pasta", "-p", f"[::1]:{port}:8000", "--", sys.executable, "-c",
+                      "import socket\ns = socket.create_server(('::', 8000), family=socket.AF_INET6, dualstack_ipv6=True)\n"
+                      "c, _ = s.accept(); c.sendall(b'hello-v6'); c.close()", cwd=tmp_path)
+    try:
+        got = b""
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and not got:
+            try:
+                with socket.create_connection(("::1", port), timeout=2) as s:
+                    got = s.recv(100)
+            except OSError:
+                time.sleep(0.1)
+        assert got == b"hello-v6"
+    finally:
+        out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+
+
+def _free_port6() -> int:
+    import socket
+
+    with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+        s.bind(("::1", 0))
+        return int(s.getsockname()[1])
