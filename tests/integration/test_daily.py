@@ -132,3 +132,13 @@ def _free_port6() -> int:
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
         s.bind(("::1", 0))
         return int(s.getsockname()[1])
+
+
+@pytest.mark.parametrize("mode", ["host", "none", pytest.param("slirp4netns", marks=pytest.mark.needs_slirp4netns),
+                                  pytest.param("pasta", marks=pytest.mark.needs_pasta)])
+def test_the_host_name_resolves_in_every_network_mode(mode: str) -> None:
+    r = run_rbox("run", f"--net={mode}", "--", sys.executable, "-c",
+                 "import socket; n = socket.gethostname(); print(n, socket.gethostbyname(n))")
+    assert r.returncode == 0, r.stderr
+    name, address = r.stdout.split()
+    assert name == "rbox" and address.count(".") == 3
