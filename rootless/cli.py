@@ -79,7 +79,7 @@ def _main(argv: list[str]) -> int:
     except OSError as e:
         raise RboxError(f"cannot find the current directory: {e.strerror}",
                         hint="cd to a directory that exists, or pass -w/--workdir") from None
-    environ = dict(os.environ)
+    environ = caller_environment()
     ceilings = {}
     if _has_config(environ):
         from rootless import config
@@ -96,6 +96,24 @@ def _main(argv: list[str]) -> int:
 
         the_spec.limits = config.apply_ceilings(the_spec.limits, ceilings)  # type: ignore[assignment]
     return parent.run(the_spec)
+
+
+def caller_environment() -> dict[str, str]:
+    """The environment rbox was started with, as the kernel keeps it (/proc/self/environ,
+    proc(5)), not os.environ: the interpreter adds to that at start (PEP 538 sets
+    LC_CTYPE=C.UTF-8 when the locale is C or unset), and the command must get nothing
+    that rbox(1), ENVIRONMENT does not list. Bytes that are not UTF-8 survive (fsdecode)."""
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return dict(os.environ)
+    env = {}
+    for entry in raw.split(b"\0"):
+        key, sep, value = entry.partition(b"=")
+        if sep and key:
+            env[os.fsdecode(key)] = os.fsdecode(value)
+    return env
 
 
 def _has_config(environ: dict[str, str]) -> bool:

@@ -142,3 +142,20 @@ def test_the_host_name_resolves_in_every_network_mode(mode: str) -> None:
     assert r.returncode == 0, r.stderr
     name, address = r.stdout.split()
     assert name == "rbox" and address.count(".") == 3
+
+
+@pytest.mark.parametrize("lang", [None, "C", "POSIX", "xx_XX.UTF-8"])
+def test_rbox_adds_nothing_to_the_environment_but_rbox_sandbox(lang: str | None) -> None:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("LC_") and k != "LANG"}
+    if lang is not None:
+        base["LANG"] = lang
+    base["ODD"] = "caf\udce9"          # not UTF-8: survives as the same bytes
+    inner = subprocess.run([sys.executable, "-m", "rootless", "run", "--net=none", "--", "env", "-0"],
+                           env={**base, "PYTHONPATH": str(__import__("pathlib").Path(__file__).resolve().parents[2])},
+                           capture_output=True, timeout=60)
+    assert inner.returncode == 0, inner.stderr
+    got = dict(e.split(b"=", 1) for e in inner.stdout.split(b"\0") if e)
+    expected = {os.fsencode(k): os.fsencode(v) for k, v in base.items()}
+    expected[b"PYTHONPATH"] = got[b"PYTHONPATH"]
+    expected[b"RBOX_SANDBOX"] = b"1"
+    assert got == expected
