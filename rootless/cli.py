@@ -90,7 +90,9 @@ def _main(argv: list[str]) -> int:
     elif parsed.values.get("profile") is not None:
         raise RboxError(f"no profile `{parsed.values['profile']}`: there is no configuration file",
                         hint="profiles live in /etc/rbox/rbox.toml or ~/.config/rbox/rbox.toml; see rbox(1), FILES")
-    the_spec = spec.from_parsed(parsed, environ, cwd, os.isatty(0), argv)
+    # A pty only when the terminal is really there: stdin, stdout and stderr all
+    # terminals (rbox(1), TERMINALS). Otherwise the streams pass through untouched.
+    the_spec = spec.from_parsed(parsed, environ, cwd, all(os.isatty(fd) for fd in (0, 1, 2)), argv)
     if ceilings:
         from rootless import config
 

@@ -54,7 +54,7 @@ class Spec:
     user: str
     home: str
     cwd: str
-    tty: bool       # rbox's stdin is a terminal
+    tty: bool       # rbox's stdin, stdout and stderr are all terminals
     pty: bool       # the command gets a new pseudo-terminal (console.py)
     limits: Limits | None   # None: no limit asked, no cgroup work at all
     argv: list[str]         # rbox's own arguments, to re-run them in a systemd scope

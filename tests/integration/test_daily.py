@@ -109,7 +109,8 @@ def test_ipv6_publish_with_pasta(tmp_path) -> None:
 
     port = _free_port6()
     proc = start_rbox("run", "--net=pasta", "-p", f"[::1]:{port}:8000", "--", sys.executable, "-c",
-                      "import socket\ns = socket.create_server(('::', 8000), family=socket.AF_INET6, dualstack_ipv6=True)\n"
+                      "import socket\n"
+                      "s = socket.create_server(('::', 8000), family=socket.AF_INET6, dualstack_ipv6=True)\n"
                       "c, _ = s.accept(); c.sendall(b'hello-v6'); c.close()", cwd=tmp_path)
     try:
         got = b""
