@@ -61,6 +61,10 @@ def _main(argv: list[str]) -> int:
         from rootless import hostcheck
 
         return hostcheck.run(bool(parsed.values.get("json")))
+    if parsed.command == "unshare":
+        from rootless import unshare
+
+        return unshare.run(parsed.args)
     try:
         from rootless import parent, spec  # after --help: they are not needed for it
     except ImportError as e:
@@ -75,7 +79,7 @@ def _main(argv: list[str]) -> int:
     except OSError as e:
         raise RboxError(f"cannot find the current directory: {e.strerror}",
                         hint="cd to a directory that exists, or pass -w/--workdir") from None
-    environ = dict(os.environ)
+    environ = caller_environment()
     ceilings = {}
     if _has_config(environ):
         from rootless import config
@@ -86,12 +90,32 @@ def _main(argv: list[str]) -> int:
     elif parsed.values.get("profile") is not None:
         raise RboxError(f"no profile `{parsed.values['profile']}`: there is no configuration file",
                         hint="profiles live in /etc/rbox/rbox.toml or ~/.config/rbox/rbox.toml; see rbox(1), FILES")
-    the_spec = spec.from_parsed(parsed, environ, cwd, os.isatty(0), argv)
+    # A pty only when the terminal is really there: stdin, stdout and stderr all
+    # terminals (rbox(1), TERMINALS). Otherwise the streams pass through untouched.
+    the_spec = spec.from_parsed(parsed, environ, cwd, all(os.isatty(fd) for fd in (0, 1, 2)), argv)
     if ceilings:
         from rootless import config
 
         the_spec.limits = config.apply_ceilings(the_spec.limits, ceilings)  # type: ignore[assignment]
     return parent.run(the_spec)
+
+
+def caller_environment() -> dict[str, str]:
+    """The environment rbox was started with, as the kernel keeps it (/proc/self/environ,
+    proc(5)), not os.environ: the interpreter adds to that at start (PEP 538 sets
+    LC_CTYPE=C.UTF-8 when the locale is C or unset), and the command must get nothing
+    that rbox(1), ENVIRONMENT does not list. Bytes that are not UTF-8 survive (fsdecode)."""
+    try:
+        with open("/proc/self/environ", "rb") as f:
+            raw = f.read()
+    except OSError:
+        return dict(os.environ)
+    env = {}
+    for entry in raw.split(b"\0"):
+        key, sep, value = entry.partition(b"=")
+        if sep and key:
+            env[os.fsdecode(key)] = os.fsdecode(value)
+    return env
 
 
 def _has_config(environ: dict[str, str]) -> bool:

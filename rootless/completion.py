@@ -69,7 +69,7 @@ def zsh() -> str:
             repeat = "*" if opt.kind == "append" else ""
             for name in opt.names:
                 lines.append(f"        '{repeat}{name}[{desc}]{action}' \\")
-        lines.append("        '*::command:_normal'" if command == "run" else "        ")
+        lines.append("        '*::command:_normal'" if command in ("run", "unshare") else "        ")
         lines.append("      ;;")
     lines += ["  esac", "}", "", '_rbox "$@"', ""]
     return "\n".join(lines)

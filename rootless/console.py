@@ -21,6 +21,10 @@ import select
 import struct
 import termios
 
+TYPE_CHECKING = False  # not `from typing import ...`: typing costs 9 ms at start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 IN, OUT = 0, 1
 CHUNK = 65536
 EOF_CHAR = b"\x04"   # VEOF in the pty's canonical mode: what Ctrl-D sends
@@ -43,8 +47,9 @@ def set_window_size(fd: int, rows: int, cols: int) -> None:
 class Console:
     """The parent's end of the command's pty."""
 
-    def __init__(self, master: int):
+    def __init__(self, master: int, on_hangup: Callable[[], None] | None = None):
         self.master = master
+        self.on_hangup = on_hangup or self.hang_up   # what a terminal that hung up does
         self.saved: list[int | list[bytes | int]] | None = None
         self.pending = b""            # input not yet written to the pty
         self.stdin_open = True
@@ -53,9 +58,20 @@ class Console:
 
     # -- the caller's terminal ---------------------------------------------------------
 
+    def in_foreground(self) -> bool:
+        """rbox's process group owns the terminal (it is not a background job)."""
+        try:
+            return os.tcgetpgrp(IN) == os.getpgrp()
+        except OSError:
+            return False
+
     def make_raw(self) -> None:
-        """Put the caller's terminal in raw mode (restored by restore(), always)."""
-        if not os.isatty(IN):
+        """Put the caller's terminal in raw mode (restored by restore(), always), only
+        while rbox is in the terminal's foreground: a background job that changes the
+        terminal's modes is stopped (SIGTTOU, termios(3)) and would take the user's
+        terminal from the shell. A background rbox relays output only; `fg` sends
+        SIGCONT, and the parent calls this again."""
+        if self.saved is not None or not os.isatty(IN) or not self.in_foreground():
             return
         self.saved = termios.tcgetattr(IN)
         mode = termios.tcgetattr(IN)
@@ -95,7 +111,10 @@ class Console:
             wanted.append((self.master, select.POLLIN | (select.POLLOUT if self.pending else 0)))
         # Keys are read only while the command's pty is there: once it is gone, what the
         # user types stays in the terminal for the shell that gets it back.
-        if self.stdin_open and self.master_open and not self.pending:
+        # In the background, reading the terminal would stop rbox (SIGTTIN): keys are the
+        # foreground job's until `fg` makes rbox raw again.
+        if self.stdin_open and self.master_open and not self.pending and (self.saved is not None
+                                                                          or not os.isatty(IN)):
             wanted.append((IN, select.POLLIN))
         return wanted
 
@@ -120,7 +139,7 @@ class Console:
             # user would, with one Ctrl-D. A terminal that hung up ends the sandbox.
             self.stdin_open = False
             if os.isatty(IN):
-                self.hang_up()
+                self.on_hangup()
             else:
                 self.pending += EOF_CHAR
         self._write_input()

@@ -29,11 +29,14 @@ LEFTOVER_GRACE = 2.0
 
 def run(spec: Spec, chan: sync.Channel, fd_sock: object = None, nested: tuple[int, int] | None = None) -> int:
     sc.set_pdeathsig(signal.SIGKILL)           # tied to stage-1, which never exits first
-    # A process group of its own: a key of rbox's terminal (Ctrl-C under -T) then
-    # reaches rbox only, which forwards it. Were init in rbox's group too, the terminal's
-    # copy and rbox's copy could merge into one pending signal (standard signals do not
-    # queue) and nothing could tell which one to drop: Ctrl-C would sometimes be lost.
-    os.setpgid(0, 0)
+    # A session (and so a process group) of its own: a key of rbox's terminal (Ctrl-C
+    # under -T) then reaches rbox only, which forwards it. Were init in rbox's group too,
+    # the terminal's copy and rbox's copy could merge into one pending signal (standard
+    # signals do not queue) and nothing could tell which one to drop: Ctrl-C would
+    # sometimes be lost. Leading a session inside the sandbox also lets the command's pty
+    # be this session's terminal, with the command in a process group that is not
+    # orphaned, so job control works (payload.spawn).
+    os.setsid()
     block(FORWARDED + (signal.SIGCHLD,))
     rootfs.build(mounts.optimize(mounts.plan(spec)))
     set_hostname(spec.hostname)
@@ -89,24 +92,30 @@ def set_hostname(name: str) -> None:
 def supervise(command: int, chan: sync.Channel | None = None) -> int:
     """Reap children and forward signals until the command exits; its exit code.
 
-    With a pty (`chan` given), a command that stops itself (vim, less: they catch
-    SIGTSTP and send themselves SIGSTOP) is reported to the parent, which gives the
-    terminal back and stops too, so that the caller's shell can `fg` it. Without that,
-    nobody could continue it: its process group is orphaned (it leads its own session)."""
+    With a pty (`chan` given), a command that stops (Ctrl-Z in its pty stops its process
+    group; vim and less stop themselves) is reported to the parent, which gives the
+    terminal back and stops too, so that the caller's shell can `fg` it; `fg` continues
+    rbox, which continues the command's whole group."""
     waited = FORWARDED + (signal.SIGCHLD,)
+    started = {"settled": False}
     while True:
-        code = reap(command, chan)
+        code = reap(command, chan, started)
         if code is not None:
             return code
         info = signal.sigwaitinfo(waited)
         if info.si_signo != signal.SIGCHLD:
             try:
-                os.kill(command, info.si_signo)
+                if info.si_signo in (signal.SIGCONT, signal.SIGHUP) and chan is not None:
+                    # `fg`: the whole stopped job goes on; a hang-up reaches the whole
+                    # foreground job, as the kernel's would (the command's pty is ours).
+                    os.killpg(command, info.si_signo)
+                else:
+                    os.kill(command, info.si_signo)
             except ProcessLookupError:
                 pass
 
 
-def reap(command: int, chan: sync.Channel | None = None) -> int | None:
+def reap(command: int, chan: sync.Channel | None = None, started: dict[str, bool] | None = None) -> int | None:
     """Reap every zombie; the command's exit code once it is among them."""
     code = None
     while True:
@@ -118,7 +127,15 @@ def reap(command: int, chan: sync.Channel | None = None) -> int | None:
             return code
         if os.WIFSTOPPED(status):
             if pid == command and chan is not None:
-                log.step("the command stopped itself")
+                settled, started = (started or {}).get("settled", True), started or {}
+                started["settled"] = True
+                if not settled and os.WSTOPSIG(status) in (signal.SIGTTIN, signal.SIGTTOU):
+                    # Its first stop: it touched the pty a moment before it became the
+                    # foreground group (payload.spawn); it is the foreground now: go on.
+                    log.step("the command was stopped by its terminal before it owned it; continued")
+                    os.killpg(command, signal.SIGCONT)
+                    continue
+                log.step("the command stopped")
                 chan.send(sync.STOPPED)
             continue
         if pid == command:

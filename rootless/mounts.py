@@ -226,8 +226,8 @@ def _host_resolver(spec: Spec) -> list[Op]:
 def _network_files(spec: Spec, etc: str = "/etc") -> list[Op]:
     """The sandbox's own /etc/hosts (naming its host name) and, when a helper serves
     DNS at 10.0.2.3, its own /etc/resolv.conf. The host's files are never modified."""
-    if spec.net == "host":
-        return []
+    # Every mode, --net=host too: the sandbox's UTS namespace has its own host name, which
+    # gethostbyname(gethostname()) must still resolve.
     ops: list[Op] = [File("/etc/hosts", net.hosts(_read(f"{etc}/hosts"), spec.hostname, spec.net), optional=True)]
     if net.uses_helper(spec.net):
         ops.append(File("/etc/resolv.conf", net.resolv_conf(_read(f"{etc}/resolv.conf")), optional=True))

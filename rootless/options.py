@@ -80,6 +80,18 @@ CHECK_OPTIONS = (
     Opt(("-h", "--help"), "help", "show this help and exit"),
 )
 
+# `rbox sh` also takes the shell's own -l and -c (like `sh -l`, `sh -c CMD [NAME [ARG...]]`).
+SH_OPTIONS = (
+    Opt(("-l", "--login"), "login", "start the shell as a login shell (it reads its profile files)"),
+    Opt(("-c",), "shell_command", "run CMD with the shell's -c; further words become $0, $1, ...",
+        metavar="CMD", kind="value"),
+) + SANDBOX_OPTIONS
+
+UNSHARE_OPTIONS = (
+    Opt(("--debug",), "debug", "print every setup step; tracebacks for rbox's own errors"),
+    Opt(("-h", "--help"), "help", "show this help and exit"),
+)
+
 GLOBAL_OPTIONS = (
     Opt(("-h", "--help"), "help", "show this help and exit"),
     Opt(("--version",), "version", "print rbox's version and exit"),
@@ -90,6 +102,8 @@ COMMANDS = {
     "run": ("[OPTIONS] [--] COMMAND [ARG...]", "Run COMMAND in a new sandbox and exit with its exit code."),
     "sh": ("[OPTIONS]", "Run your login shell (from the password database) in a new sandbox."),
     "check": ("[--json]", "Check what this host offers rbox: one finding per requirement, with the fix."),
+    "unshare": ("[--] COMMAND [ARG...]", "Run COMMAND as uid 0 of a user namespace with your id map (to delete what "
+                "--root made)."),
 }
 
 
@@ -103,7 +117,7 @@ class Parsed:
 def options_for(command: str | None) -> tuple[Opt, ...]:
     if command is None:
         return GLOBAL_OPTIONS
-    return CHECK_OPTIONS if command == "check" else SANDBOX_OPTIONS
+    return {"check": CHECK_OPTIONS, "sh": SH_OPTIONS, "unshare": UNSHARE_OPTIONS}.get(command, SANDBOX_OPTIONS)
 
 
 def parse(argv: list[str], defaults: list[str] | None = None) -> Parsed:
@@ -187,9 +201,9 @@ def _store(opt: Opt, name: str, value: str | None, values: dict[str, object]) ->
 def help_text(command: str | None) -> str:
     if command is None:
         lines = ["usage: rbox [--debug] COMMAND [OPTIONS] ...", "",
-                 "A rootless sandbox: user, PID, mount, UTS, IPC and network namespaces.", "",
+                 "A rootless sandbox: user, PID, mount, UTS, IPC, cgroup and network namespaces.", "",
                  "commands:"]
-        lines += [f"  {name:<7}{text}" for name, (_, text) in COMMANDS.items()]
+        lines += [f"  {name:<9}{text}" for name, (_, text) in COMMANDS.items()]
         lines += ["", "options:"]
     else:
         usage, text = COMMANDS[command]

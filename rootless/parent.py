@@ -24,6 +24,7 @@ from rootless.spawn import Aborted
 from rootless.spec import Spec
 
 SETUP_TIMEOUT = 30.0
+HANGUP_GRACE = 0.5       # after SIGHUP to the command's session: then the pty is hung up for real
 DRAIN_TIMEOUT = 5.0      # after PID 1 is gone: how long the pty may take to report EIO
 
 TYPE_CHECKING = False  # not `from typing import ...`: typing costs 9 ms at start-up
@@ -136,6 +137,7 @@ class Sandbox:
         self.init_pid = 0
         self.chan_open = True
         self.status: int | None = None
+        self.hangup_at: float | None = None
 
     def setup(self, idmap: userns.IdMapPlan) -> None:
         """Steps 1-5 of the protocol: on return the command is running."""
@@ -158,7 +160,7 @@ class Sandbox:
         self.chan.send(sync.NETWORK_DONE)
         self.expect(sync.RUNNING)
         if self.fd_sock is not None:
-            self.console = Console(self.receive_master())
+            self.console = Console(self.receive_master(), on_hangup=self._hang_up)
             self.console.make_raw()
 
     def receive_master(self) -> int:
@@ -187,7 +189,14 @@ class Sandbox:
                 deadline = deadline or time.monotonic() + DRAIN_TIMEOUT
                 if time.monotonic() > deadline:
                     break
-            if self._poll(None if self.chan_open else 0.2, may_time_out=True):
+            timeout = None if self.chan_open else 0.2
+            if self.hangup_at is not None and self.console is not None:
+                if time.monotonic() >= self.hangup_at:
+                    self.console.hang_up()
+                    self.hangup_at = None
+                else:
+                    timeout = min(timeout or HANGUP_GRACE, max(0.0, self.hangup_at - time.monotonic()))
+            if self._poll(timeout, may_time_out=True):
                 msg = self.chan.receive(timeout=SETUP_TIMEOUT)
                 if msg is None:
                     self.chan_open = False
@@ -245,15 +254,35 @@ class Sandbox:
                 raise Interrupted(signo)
             return
         if self.console:
+            if signo == signal.SIGCONT:
+                # `fg` or `bg` in the caller's shell: take the terminal if it is ours now.
+                self.console.make_raw()
+                self.console.copy_window_size()
             if signo == signal.SIGWINCH:
                 # The command's pty gets the new size; the kernel sends it SIGWINCH.
                 self.console.copy_window_size()
                 return
             if signo in (signal.SIGHUP, signal.SIGTERM):
                 # rbox is going away: hang up the pty, as a closed terminal window does.
-                self.console.hang_up()
+                self._hang_up()
+                if signo == signal.SIGHUP:
+                    return
         try:
             os.kill(self.init_pid, signo)
+        except ProcessLookupError:
+            pass
+
+    def _hang_up(self) -> None:
+        """What a closed terminal window does to the command's session: SIGHUP to its
+        process group first (init leads the session, so the kernel's own hang-up would
+        reach only init, after the command may already have read end-of-file and exited
+        with 0), then, a moment later, the pty itself is hung up (wait())."""
+        if self.hangup_at is not None or self.console is None or not self.console.master_open:
+            return
+        self.console.stdin_open = False
+        self.hangup_at = time.monotonic() + HANGUP_GRACE
+        try:
+            os.kill(self.init_pid, signal.SIGHUP)
         except ProcessLookupError:
             pass
 

@@ -13,53 +13,83 @@ mounts are done and it only reaps and forwards signals from here on.
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import termios
 
 from rootless import console
 from rootless import syscalls as sc
 from rootless.errors import EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, RboxError
-from rootless.signals import ALL_SIGNALS
+from rootless.signals import COMMAND_DEFAULTS
 from rootless.spec import Spec
 
 
 def start(spec: Spec) -> tuple[int, int | None]:
     """Start the command as PID 2: (its pid, the pty master or None).
 
-    Always in a new session: with no pty it has no controlling terminal at all, so it
-    cannot push input into the caller's terminal with TIOCSTI (CVE-2017-5226,
-    bubblewrap#142); with a pty, that pty is its controlling terminal (console.py).
+    Never in the caller's session: with no pty it has a session of its own and no
+    controlling terminal at all, so it cannot push input into the caller's terminal with
+    TIOCSTI (CVE-2017-5226, bubblewrap#142); with a pty, it is in init's session, whose
+    controlling terminal is that pty (console.py).
     RboxError (126/127/125) when it cannot be started.
     """
     prepare(spec)
-    master, actions = open_pty() if spec.pty else (None, [])
+    master, slave = open_pty() if spec.pty else (None, None)
     try:
-        path = find_command(spec.command[0], spec.env.get("PATH"))
-        # Every signal at its default and unblocked: init blocks the forwarded ones.
-        pid = os.posix_spawn(path, spec.command, spec.env, file_actions=actions, setsid=True,
-                             setsigmask=(), setsigdef=ALL_SIGNALS)
+        pid = spawn(spec, slave)
     except OSError as e:
         raise exec_error(spec, e.errno or 0) from None
+    finally:
+        if slave is not None:
+            os.close(slave)
     return pid, master
 
 
-def open_pty() -> tuple[int, list[tuple[object, ...]]]:
-    """A pty of the sandbox's own devpts (/dev/ptmx is its pts/ptmx), shaped like the
-    caller's terminal; the spawn actions that make its slave the command's stdio.
+def spawn(spec: Spec, slave: int | None) -> int:
+    """posix_spawn the command; with a pty, in a process group of its own in init's
+    session, made the pty's foreground group, so the terminal's job control works as on
+    a real terminal (Ctrl-Z stops it; a group whose parent is in the same session is not
+    orphaned: credentials(7), "Process groups"). Without a pty, in a session of its own
+    with no controlling terminal at all.
 
-    The slave is opened by path in the new session without O_NOCTTY, which makes it the
-    session's controlling terminal (tty(4)); posix_spawn runs setsid before file actions.
-    """
+    A file without a #! line fails with ENOEXEC; like execvp(3) and every shell, rbox
+    then runs it with /bin/sh."""
+    path = find_command(spec.command[0], spec.env.get("PATH"))
+    argv = spec.command
+    if slave is None:
+        kwargs: dict[str, object] = {"setsid": True}
+    else:
+        kwargs = {"setpgroup": 0, "file_actions": [(os.POSIX_SPAWN_DUP2, slave, fd) for fd in (0, 1, 2)]}
+    # Every signal at its default (but what rbox's caller ignored) and unblocked: init
+    # blocks the forwarded ones.
+    kwargs.update(setsigmask=(), setsigdef=COMMAND_DEFAULTS)
+    try:
+        pid = os.posix_spawn(path, argv, spec.env, **kwargs)  # type: ignore[arg-type]
+    except OSError as e:
+        if e.errno != errno.ENOEXEC:
+            raise
+        pid = os.posix_spawn("/bin/sh", ["/bin/sh", path, *argv[1:]], spec.env, **kwargs)  # type: ignore[arg-type]
+    if slave is not None:
+        os.tcsetpgrp(slave, pid)
+        # The command may have touched the terminal before it was the foreground group
+        # and been stopped (SIGTTIN/SIGTTOU): init continues it (init.reap).
+    return pid
+
+
+def open_pty() -> tuple[int, int]:
+    """A pty of the sandbox's own devpts (/dev/ptmx is its pts/ptmx), shaped like the
+    caller's terminal, and made init's controlling terminal: init leads a session of its
+    own (init.py), and TIOCSCTTY gives a session leader without one its terminal (tty(4)).
+    The command's process group becomes its foreground group once spawned."""
     master, slave = os.openpty()
     if os.isatty(0):
         termios.tcsetattr(slave, termios.TCSANOW, termios.tcgetattr(0))
         rows, cols = console.window_size(0)
         if rows and cols:
             console.set_window_size(master, rows, cols)
-    path = os.ttyname(slave)
-    os.close(slave)
-    return master, [(os.POSIX_SPAWN_OPEN, 0, path, os.O_RDWR, 0),
-                    (os.POSIX_SPAWN_DUP2, 0, 1), (os.POSIX_SPAWN_DUP2, 0, 2)]
+    fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+    os.set_inheritable(slave, False)
+    return master, slave
 
 
 def prepare(spec: Spec) -> None:

@@ -7,8 +7,8 @@ them blocked too: stage-1 never reacts to them (it only waits for init), init ta
 with sigwaitinfo(). The parent reads them from a signalfd, so that a signal during setup
 aborts it cleanly and one during the run is forwarded to PID 1.
 
-init has a process group of its own (init.py says why), so every signal it gets is
-meant for the command, and it forwards them all.
+init has a session and process group of its own (init.py says why), so every signal it
+gets is meant for the command, and it forwards them all.
 """
 
 from __future__ import annotations
@@ -20,12 +20,22 @@ import struct
 
 from rootless.syscalls import libc
 
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
-             signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
-TERMINATING = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+_PASSED_ON = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT,
+              signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH, signal.SIGCONT)
+# What rbox's caller ignored (nohup, `trap '' HUP INT`, the SIGINT and SIGQUIT a
+# non-interactive shell ignores for `cmd &`) stays ignored for the command, as exec keeps
+# it (signal(7): "the dispositions of ignored signals are left unchanged" by execve),
+# and rbox neither forwards nor acts on it. It must not be blocked either: a blocked signal
+# is queued even when ignored, and the signalfd would deliver it. Read once, at import,
+# before rbox changes any disposition (Python reports a disposition it inherited as is).
+IGNORED = frozenset(s for s in _PASSED_ON if signal.getsignal(s) == signal.SIG_IGN)
+FORWARDED = tuple(s for s in _PASSED_ON if s not in IGNORED)
+TERMINATING = tuple(s for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT) if s not in IGNORED)
 # Every signal a new process may have reset to its default (exec keeps ignored ones, and
-# Python ignores SIGPIPE and SIGXFSZ): for the command and for the host-side helpers.
+# Python ignores SIGPIPE and SIGXFSZ): for the host-side helpers, which are rbox's own.
 ALL_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTOP}
+# For the command: the same, except what the caller ignored.
+COMMAND_DEFAULTS = ALL_SIGNALS - IGNORED
 SFD_CLOEXEC = 0o2000000
 
 

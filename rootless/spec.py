@@ -67,7 +67,7 @@ class Spec:
     cwd: str
     cwd_bound: bool          # the cwd is bound read-write (cwd_protection)
     cwd_warning: str | None  # why it is not, when the user should know
-    tty: bool       # rbox's stdin is a terminal
+    tty: bool       # rbox's stdin, stdout and stderr are all terminals
     pty: bool       # the command gets a new pseudo-terminal (console.py)
     limits: Limits | None   # None: no limit asked, no cgroup work at all
     argv: list[str]         # rbox's own arguments, to re-run them in a systemd scope
@@ -251,6 +251,11 @@ def _ports(v: dict[str, object], mode: str) -> list[Port]:
     if ports and not uses_helper(mode):
         raise SpecError(f"-p/--publish needs --net=slirp4netns or --net=pasta, not --net={mode}",
                         hint="with --net=host the command's ports are the host's already")
+    if mode == "slirp4netns" and any(":" in p.host_ip for p in ports):
+        # slirp4netns's add_hostfwd takes IPv4 host addresses only (1.2: "bad arguments.host_addr").
+        raise SpecError("publishing on an IPv6 host address needs --net=pasta",
+                        hint="add --net=pasta (the command must listen on IPv6 or on both, e.g. `::`), "
+                             "or publish on an IPv4 address such as 127.0.0.1")
     check_unique(ports)
     return ports
 
@@ -269,9 +274,15 @@ def _pty(v: dict[str, object], tty: bool) -> bool:
 
 def _command(parsed: Parsed, shell: str) -> list[str]:
     if parsed.command == "sh":
+        # The shell's own -l and -c, passed as the shell takes them (sh(1), bash(1)).
+        argv = [shell or "/bin/sh"] + (["-l"] if parsed.values.get("login") else [])
+        script = parsed.values.get("shell_command")
+        if script is not None:
+            return [*argv, "-c", str(script), *parsed.args]
         if parsed.args:
-            raise SpecError("`rbox sh` takes no command", hint="use `rbox run -- COMMAND ...` to run a command")
-        return [shell or "/bin/sh"]
+            raise SpecError("`rbox sh` takes no command words without -c",
+                            hint="use `rbox sh -c 'COMMAND'`, or `rbox run -- COMMAND ...`")
+        return argv
     if not parsed.args:
         raise SpecError("`rbox run` needs a COMMAND",
                         hint="for example `rbox run -- id`, or `rbox sh` for a shell")

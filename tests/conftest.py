@@ -81,7 +81,7 @@ def probe(name: str) -> str | None:
 
         if os.path.exists(RBOX_SCRIPT):
             return None
-        return f"rbox is not installed beside {sys.executable} (pip install -e .)"
+        return f"rbox is not installed beside {sys.executable} (pip install .)"
     if name == "two_users":
         # A second local user the test can act as (class 6 of issue #10: state planted by
         # another user). .ci/run creates `rboxother` and a sudoers drop-in for it.

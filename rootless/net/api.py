@@ -37,7 +37,8 @@ def check_free(port: Port) -> None:
     """Fail before the command starts when the host port is taken (e.g. by another
     sandbox), with a message that says so; slirp4netns would only say `failed`."""
     kind = socket.SOCK_STREAM if port.proto == "tcp" else socket.SOCK_DGRAM
-    with socket.socket(socket.AF_INET, kind) as probe:
+    family = socket.AF_INET6 if ":" in port.host_ip else socket.AF_INET
+    with socket.socket(family, kind) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((port.host_ip, port.host_port))

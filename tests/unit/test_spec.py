@@ -45,7 +45,7 @@ def test_bind_source_symlinks_are_resolved_on_the_host(tmp_path) -> None:
     (["run", "--hostname", "a" * 65, "x"], "invalid host name `" + "a" * 65 + "`"),
     (["run", "--hostname", "sp ace", "x"], "invalid host name `sp ace`"),
     (["run", "-e", "=v", "x"], "invalid environment setting `=v`"),
-    (["sh", "ls"], "`rbox sh` takes no command"),
+    (["sh", "ls"], "`rbox sh` takes no command words without -c"),
     (["run"], "`rbox run` needs a COMMAND"),
 ])
 def test_rules(argv: list[str], message: str) -> None:
