@@ -71,14 +71,18 @@ def test_sh_login_reads_the_profile(tmp_path) -> None:
 
     login_shell = pwd.getpwuid(os.getuid()).pw_shell
     assert os.path.basename(login_shell) == "bash", f"the test user's shell is {login_shell} ({shell})"
-    (tmp_path / ".bash_profile").write_text("echo PROFILE-READ\n")
-    r = run_rbox("sh", "--net=none", "-l", "-c", "shopt -q login_shell && echo LOGIN", env={"HOME": str(tmp_path)},
-                 cwd=tmp_path)
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".bash_profile").write_text("echo PROFILE-READ\n")
+    # The host's /tmp is not the sandbox's: the home is bound in (read-only) to be seen.
+    shown = ("--ro-bind", str(home))
+    r = run_rbox("sh", "--net=none", *shown, "-l", "-c", "shopt -q login_shell && echo LOGIN",
+                 env={"HOME": str(home)}, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["PROFILE-READ", "LOGIN"]
     # Control: without -l the profile is not read.
-    r = run_rbox("sh", "--net=none", "-c", "shopt -q login_shell || echo NOT-LOGIN", env={"HOME": str(tmp_path)},
-                 cwd=tmp_path)
+    r = run_rbox("sh", "--net=none", *shown, "-c", "shopt -q login_shell || echo NOT-LOGIN",
+                 env={"HOME": str(home)}, cwd=tmp_path)
     assert r.stdout.split() == ["NOT-LOGIN"]
 
 
