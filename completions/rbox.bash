@@ -13,6 +13,8 @@ _rbox() {
         -p|--publish) return;;
         --bind) COMPREPLY=($(compgen -f -- "$cur")); return;;
         --ro-bind) COMPREPLY=($(compgen -f -- "$cur")); return;;
+        --bind-try) COMPREPLY=($(compgen -f -- "$cur")); return;;
+        --ro-bind-try) COMPREPLY=($(compgen -f -- "$cur")); return;;
         --tmpfs) COMPREPLY=($(compgen -f -- "$cur")); return;;
         --hide) COMPREPLY=($(compgen -f -- "$cur")); return;;
         --home) COMPREPLY=($(compgen -W "ro rw tmpfs" -- "$cur")); return;;
@@ -32,8 +34,8 @@ _rbox() {
     esac
     case "$cmd" in
         "") COMPREPLY=($(compgen -W "run sh check unshare -h --help --version --debug" -- "$cur"));;
-        run) COMPREPLY=($(compgen -W "--root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --tmpfs --hide --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
-        sh) COMPREPLY=($(compgen -W "-l --login -c --root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --tmpfs --hide --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
+        run) COMPREPLY=($(compgen -W "--root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --bind-try --ro-bind-try --tmpfs --hide --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
+        sh) COMPREPLY=($(compgen -W "-l --login -c --root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --bind-try --ro-bind-try --tmpfs --hide --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
         check) COMPREPLY=($(compgen -W "--json --debug -h --help" -- "$cur"));;
         unshare) COMPREPLY=($(compgen -W "--debug -h --help" -- "$cur"));;
     esac

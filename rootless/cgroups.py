@@ -189,9 +189,10 @@ def explain(limits: Limits, memory_events: dict[str, int], pids_events: dict[str
 
 # --- the chain (I/O) -------------------------------------------------------------------
 
-def prepare(limits: Limits, argv: list[str]) -> Subtree:
-    """A delegated subtree for this sandbox, or re-exec under a systemd scope (which
-    does not return), or CgroupError with what is missing and the fix."""
+def check(limits: Limits) -> tuple[str, list[str], bool]:
+    """Every check prepare() makes before its first side effect (--dry-run makes only
+    these): (our cgroup's directory, the files a delegated cgroup must let us write,
+    whether it is delegated to us already and holds us alone). CgroupError otherwise."""
     if not cgroup2_mounted_at(read("/proc/self/mountinfo")):
         raise CgroupError("resource limits need cgroup v2, and /sys/fs/cgroup is not a cgroup2 mount here",
                           hint="an administrator can boot with systemd.unified_cgroup_hierarchy=1; "
@@ -202,6 +203,17 @@ def prepare(limits: Limits, argv: list[str]) -> Subtree:
     alone = read(f"{base}/cgroup.procs").split() == [str(os.getpid())]
     if is_delegated(base, files) and alone:
         check_controllers(base, limits.controllers())
+        return base, files, True
+    if os.environ.get("RBOX_IN_SCOPE") != "1":
+        check_user_manager(limits)
+    return base, files, False
+
+
+def prepare(limits: Limits, argv: list[str]) -> Subtree:
+    """A delegated subtree for this sandbox, or re-exec under a systemd scope (which
+    does not return), or CgroupError with what is missing and the fix."""
+    base, files, ready = check(limits)
+    if ready:
         return Subtree(base)
     if os.environ.get("RBOX_IN_SCOPE") == "1":
         raise CgroupError(f"the systemd scope rbox started is not delegated to you (`{base}`)",

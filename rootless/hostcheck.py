@@ -27,12 +27,15 @@ FIX = {
     "slirp4netns": "an administrator can install the Debian package `slirp4netns`; --net=none runs without it",
     "pasta": "an administrator can install the Debian package `passt` (only --net=pasta needs it)",
     "tun": "an administrator can run `chmod 0666 /dev/net/tun` (udev's default on Debian)",
+    "tun_missing": "an administrator can load the tun module (`modprobe tun`), which creates /dev/net/tun; "
+                   "--net=none runs without it",
+    "no_systemd": "none on this machine: limits need a host whose init system is systemd (everything else "
+                  "works without it)",
     "cgroup2": "an administrator can boot with systemd.unified_cgroup_hierarchy=1 (limits only)",
     "manager": "log in with a session (ssh or login, not su/sudo), or an administrator can run "
                "`loginctl enable-linger {user}` (limits only)",
     "delegate": "an administrator can install helpers/user@.service.d/delegate.conf as "
                 "/etc/systemd/system/user@.service.d/delegate.conf (limits only)",
-    "overlay": "a kernel of 5.11 or later (not used by rbox yet)",
     "runtime_dir": "log in with a session that sets XDG_RUNTIME_DIR (pam_systemd does)",
 }
 WANTED_CONTROLLERS = ("cpu", "io", "memory", "pids")
@@ -153,20 +156,51 @@ def check_pasta(path: str | None) -> Finding:
 
 
 def check_tun(device: str = "/dev/net/tun") -> Finding:
-    name = "/dev/net/tun"
+    name = device
     if os.access(device, os.R_OK | os.W_OK):
         return Finding(name, "ok", "usable")
-    return Finding(name, "fail", "not usable by you (not mode 0666): slirp4netns and pasta cannot start",
+    try:
+        mode = stat.S_IMODE(os.stat(device).st_mode)
+    except OSError:
+        return Finding(name, "fail", "missing: slirp4netns and pasta cannot start", FIX["tun_missing"])
+    return Finding(name, "fail", f"not usable by you (mode {mode:04o}): slirp4netns and pasta cannot start",
                    FIX["tun"])
 
 
-def check_cgroup2(mountinfo: str = "/proc/self/mountinfo") -> Finding:
-    from rootless import cgroups
+def init_system(comm: str = "/proc/1/comm", booted: str = "/run/systemd/system") -> str | None:
+    """None when systemd is the init system (sd_booted(3) tests the directory), else the
+    name of PID 1. Limits need systemd's user manager: elsewhere, no fix that assumes
+    one (log in again, enable-linger, a kernel option for systemd) can work."""
+    if os.path.isdir(booted):
+        return None
+    return _read(comm) or "unknown"
 
-    if cgroups.cgroup2_mounted_at(_read(mountinfo) or ""):
+
+def check_init_system(pid1: str | None) -> Finding:
+    if pid1 is None:
+        return Finding("init system", "ok", "systemd")
+    return Finding("init system", "warn", f"PID 1 is `{pid1}`, not systemd: resource limits are unavailable "
+                   "(they need systemd's user manager)", FIX["no_systemd"])
+
+
+def cgroup2_mounts(mountinfo: str) -> list[str]:
+    """Where cgroup2 file systems are mounted, from mountinfo text (pure)."""
+    found = []
+    for line in mountinfo.splitlines():
+        fields = line.split(" - ")
+        if len(fields) == 2 and len(fields[0].split()) > 4 and fields[1].split()[:1] == ["cgroup2"]:
+            found.append(fields[0].split()[4])
+    return found
+
+
+def check_cgroup2(mountinfo: str = "/proc/self/mountinfo", pid1: str | None = None) -> Finding:
+    places = cgroup2_mounts(_read(mountinfo) or "")
+    if "/sys/fs/cgroup" in places:
         return Finding("cgroup v2", "ok", "mounted at /sys/fs/cgroup")
-    return Finding("cgroup v2", "warn", "not mounted at /sys/fs/cgroup: resource limits are unavailable",
-                   FIX["cgroup2"])
+    where = (f"mounted at {', '.join(places)} (a hybrid v1/v2 layout), not at /sys/fs/cgroup" if places
+             else "not mounted")
+    return Finding("cgroup v2", "warn", f"{where}: resource limits are unavailable",
+                   FIX["cgroup2"] if pid1 is None else FIX["no_systemd"])
 
 
 def check_user_manager(environ: dict[str, str], user: str) -> Finding:
@@ -192,24 +226,15 @@ def check_delegation(uid: int, root: str = "/sys/fs/cgroup") -> Finding:
     return Finding(name, "ok", controllers)
 
 
-def check_overlay(release: str | None = None) -> Finding:
-    release = release or os.uname().release
-    try:
-        major, minor = (int(x) for x in release.split(".")[:2])
-    except ValueError:
-        return Finding("unprivileged overlayfs", "warn", f"unknown kernel {release}", FIX["overlay"])
-    if (major, minor) >= (5, 11):
-        return Finding("unprivileged overlayfs", "ok", f"kernel {release}")
-    return Finding("unprivileged overlayfs", "warn", f"kernel {release} is older than 5.11", FIX["overlay"])
-
-
-def check_runtime_dir(environ: dict[str, str]) -> Finding:
+def check_runtime_dir(environ: dict[str, str], pid1: str | None = None) -> Finding:
     runtime = environ.get("XDG_RUNTIME_DIR")
     if runtime and os.access(runtime, os.W_OK):
         return Finding("XDG_RUNTIME_DIR", "ok", runtime)
     reason = "not set" if not runtime else f"{runtime} is not writable"
-    return Finding("XDG_RUNTIME_DIR", "warn", f"{reason}: rbox keeps its sockets in /tmp instead",
-                   FIX["runtime_dir"])
+    detail = f"{reason}: rbox keeps its state in /tmp/rbox-{os.getuid()} (its own, mode 0700)"
+    if pid1 is not None:
+        return Finding("XDG_RUNTIME_DIR", "ok", detail)    # nothing sets it without systemd: no fix
+    return Finding("XDG_RUNTIME_DIR", "warn", detail, FIX["runtime_dir"])
 
 
 def check_all(environ: dict[str, str]) -> list[Finding]:
@@ -219,10 +244,15 @@ def check_all(environ: dict[str, str]) -> list[Finding]:
     except KeyError:
         user = str(uid)
     path = environ.get("PATH")
-    return [check_userns_sysctls(), check_userns_works(), check_subids(user, uid, path),
-            check_helper("newuidmap", path), check_helper("newgidmap", path), check_no_new_privs(),
-            check_slirp4netns(path), check_pasta(path), check_tun(), check_cgroup2(),
-            check_user_manager(environ, user), check_delegation(uid), check_overlay(), check_runtime_dir(environ)]
+    pid1 = init_system()
+    findings = [check_userns_sysctls(), check_userns_works(), check_subids(user, uid, path),
+                check_helper("newuidmap", path), check_helper("newgidmap", path), check_no_new_privs(),
+                check_slirp4netns(path), check_pasta(path), check_tun(), check_init_system(pid1),
+                check_cgroup2(pid1=pid1)]
+    if pid1 is None:
+        # Only where systemd runs do a user manager and its delegation mean anything.
+        findings += [check_user_manager(environ, user), check_delegation(uid)]
+    return findings + [check_runtime_dir(environ, pid1)]
 
 
 def render(findings: list[Finding]) -> str:

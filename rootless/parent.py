@@ -50,7 +50,9 @@ def run(spec: Spec) -> int:
     idmap = plan_idmap(spec)
     ops = mounts.optimize(mounts.plan(spec))
     if spec.dry_run:
-        # Before anything with a side effect: no systemd scope, no cgroup, no helper.
+        # Every check the real run makes before its first side effect, and no side
+        # effect: no systemd scope, no cgroup, no helper, not even its --help probe.
+        dry_checks(spec)
         log.out("".join(line + "\n" for line in idmap.describe() + [op.describe() for op in ops]))
         return 0
     state.sweep()                     # what sandboxes killed during setup left (state.py)
@@ -81,6 +83,24 @@ def run(spec: Spec) -> int:
         return 128 + e.signo
     finally:
         sandbox.cleanup()
+
+
+def dry_checks(spec: Spec) -> None:
+    """What --dry-run refuses, as the real run would: limits this host cannot enforce, a
+    network helper that is missing or cannot work."""
+    if spec.limits is not None:
+        from rootless import cgroups
+
+        cgroups.check(spec.limits)
+    path = os.environ.get("PATH")
+    if spec.net == "slirp4netns":
+        from rootless.net import slirp
+
+        slirp.preflight(path)
+    elif spec.net == "pasta":
+        from rootless.net import pasta
+
+        pasta.preflight(path)
 
 
 def limits_subtree(spec: Spec) -> Subtree | None:

@@ -125,7 +125,7 @@ def _resolve_paths(v: dict[str, object], environ: dict[str, str], cwd: str, home
     forced = bool(v.get("cwd_writable"))
     # A cwd of `/` is never bound: binding it read-write would undo the read-only root.
     want_cwd = cwd != "/" and (reason is None or forced)
-    entries = _list(v, "mounts")
+    entries = _present(_list(v, "mounts"), cwd)
     # Pass 1: each option's paths as the options before it leave the sandbox; pass 2:
     # as all of them do (a later bind of an ancestor changes what lies below it).
     view = base.copy()
@@ -147,6 +147,23 @@ def _resolve_paths(v: dict[str, object], environ: dict[str, str], cwd: str, home
     cwd_bound = cwd_bound and not covered
     warning = None if cwd_bound or covered else _cwd_warning(cwd, reason, forced, home, full)
     return mounts, cwd_bound, warning
+
+
+def _present(entries: list[tuple[str, str]], cwd: str) -> list[tuple[str, str]]:
+    """--bind-try and --ro-bind-try as --bind and --ro-bind, without those whose source
+    is missing here: a site default names a path some nodes lack (bwrap's --bind-try)."""
+    kept = []
+    for kind, value in entries:
+        if kind in ("--bind-try", "--ro-bind-try"):
+            source = os.path.join(cwd, value.partition(":")[0])
+            if not os.path.lexists(source):
+                from rootless import log
+
+                log.step(f"skip {kind} {value}: `{source}` does not exist here")
+                continue
+            kind = kind.removesuffix("-try")
+        kept.append((kind, value))
+    return kept
 
 
 def _covers_cwd(mounts: list[UserMount], cwd: str) -> bool:

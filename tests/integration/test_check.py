@@ -25,11 +25,14 @@ def findings(*args: str, **kw) -> tuple[int, dict[str, dict[str, str]]]:
 def test_check_reports_every_requirement_and_exits_0_when_rbox_can_run() -> None:
     r = run_rbox("check")
     lines = [line for line in r.stdout.splitlines() if not line.startswith("      fix:")]
-    assert len(lines) == 14
+    systemd = "ok    init system: systemd" in r.stdout
+    # Without systemd, the user-manager and delegation lines would offer fixes that cannot work.
+    assert len(lines) == (14 if systemd else 12)
     assert all(line.split()[0] in ("ok", "warn", "fail") for line in lines)
     assert "ok    user namespace creation: works" in r.stdout
-    fails = [line for line in lines if line.startswith("fail")]
-    assert r.returncode == (1 if fails else 0)
+    # This host runs rbox with its defaults: a `fail` here would be false.
+    assert [line for line in lines if line.startswith("fail")] == []
+    assert r.returncode == 0
 
 
 @pytest.mark.needs_userns
@@ -47,11 +50,16 @@ def test_no_new_privs_is_reported() -> None:
     assert {f["name"]: f for f in json.loads(r.stdout)}["no_new_privs"]["status"] == "warn"
 
 
-def test_no_runtime_dir_is_a_warning() -> None:
+def test_no_runtime_dir_is_said_truly() -> None:
     env = {"XDG_RUNTIME_DIR": ""}
     _, found = findings(env=env)
-    assert found["XDG_RUNTIME_DIR"]["status"] == "warn"
-    assert found["systemd user manager"]["status"] == "warn"
+    assert "/tmp/rbox-" in found["XDG_RUNTIME_DIR"]["detail"]
+    if found["init system"]["status"] == "ok":      # systemd: a session would set it
+        assert found["XDG_RUNTIME_DIR"]["status"] == "warn"
+        assert found["systemd user manager"]["status"] == "warn"
+    else:                                           # no fix exists: no warning, no user-manager line
+        assert found["XDG_RUNTIME_DIR"]["status"] == "ok"
+        assert "systemd user manager" not in found and "delegated controllers" not in found
 
 
 @pytest.mark.nosubid

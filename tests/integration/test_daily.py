@@ -164,3 +164,32 @@ def test_rbox_adds_nothing_to_the_environment_but_rbox_sandbox(lang: str | None)
     expected[b"PYTHONPATH"] = got[b"PYTHONPATH"]
     expected[b"RBOX_SANDBOX"] = b"1"
     assert got == expected
+
+
+def test_dry_run_refuses_what_the_real_run_refuses() -> None:
+    """--dry-run --memory 1G on a host without delegated controllers: the same 125 as
+    the real run, before printing any plan (issue #13, item 11)."""
+    real = run_rbox("run", "--net=none", "--memory", "1G", "--", "true")
+    dry = run_rbox("run", "--net=none", "--memory", "1G", "--dry-run", "--", "true")
+    assert dry.returncode == real.returncode, (dry.stderr, real.stderr)
+    if real.returncode == 125:      # this host cannot enforce limits (every non-VM host here)
+        assert dry.stdout == ""
+        assert dry.stderr.splitlines()[0] == real.stderr.splitlines()[0]
+    # Control: without the limit, the dry run prints its plan.
+    ok = run_rbox("run", "--net=none", "--dry-run", "--", "true")
+    assert ok.returncode == 0 and "bind / -> /" in ok.stdout
+
+
+def test_bind_try_skips_a_missing_source(tmp_path) -> None:
+    there = tmp_path / "there"
+    there.mkdir()
+    (there / "f").write_text("present\n")
+    r = run_rbox("run", "--net=none", "--debug", "--ro-bind-try", f"{tmp_path}/missing:/tmp/m",
+                 "--bind-try", f"{there}:/tmp/t", "--", "sh", "-c", "cat /tmp/t/f; echo w > /tmp/t/g; ls /tmp/m",
+                 cwd=tmp_path)
+    assert r.stdout.startswith("present\n"), r.stderr
+    assert (there / "g").read_text() == "w\n"                    # --bind-try binds read-write
+    assert r.returncode != 0 and "skip --ro-bind-try" in r.stderr  # /tmp/m was never made
+    # Control: the plain option refuses the missing source.
+    plain = run_rbox("run", "--net=none", "--ro-bind", f"{tmp_path}/missing:/tmp/m", "--", "true")
+    assert plain.returncode == 125 and "hint:" in plain.stderr
