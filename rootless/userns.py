@@ -143,8 +143,15 @@ class IdMapPlan:
 
 
 def which(name: str, path: str | None) -> str | None:
+    """A host helper (newuidmap, slirp4netns, ...) on PATH, looking only in absolute
+    directories. An empty or relative PATH entry means the current directory, which the
+    sandbox can write: a `slirp4netns` planted there by an earlier sandbox would run on
+    the host, outside any sandbox. (The command's own lookup inside the sandbox keeps
+    the shell's rules: payload.find_command.)"""
     for d in (path or os.defpath).split(os.pathsep):
-        candidate = os.path.join(d or ".", name)
+        if not d.startswith("/"):
+            continue
+        candidate = os.path.join(d, name)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     return None

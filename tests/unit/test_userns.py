@@ -118,6 +118,16 @@ def test_single_plan_for_root_maps_0(host) -> None:
     assert plan.nested is None
 
 
+@pytest.mark.parametrize("path", [":/usr/bin", "/usr/bin::/bin", ".:/usr/bin", "bin:/usr/bin", ""])
+def test_which_looks_only_in_absolute_directories(fs, monkeypatch, path: str) -> None:
+    fs.create_file("/work/newuidmap", st_mode=0o100755)
+    fs.create_file("/work/bin/newuidmap", st_mode=0o100755)
+    fs.create_file("/usr/bin/newuidmap", st_mode=0o100755)
+    monkeypatch.chdir("/work")
+    # Never ./newuidmap nor bin/newuidmap; an empty PATH falls back to the default path.
+    assert userns.which("newuidmap", path) == "/usr/bin/newuidmap"
+
+
 @pytest.mark.parametrize(("value", "expected"), [("0", False), ("1", True)])
 def test_no_new_privs_is_read_from_proc_status(fs, value: str, expected: bool) -> None:
     fs.create_file("/proc/self/status", contents=f"Name:\tx\nNoNewPrivs:\t{value}\nSeccomp:\t0\n")
