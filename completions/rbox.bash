@@ -27,11 +27,12 @@ _rbox() {
         --cpu-weight) return;;
         --pids-limit) return;;
         --io-weight) return;;
+        --pass-fd) return;;
         --profile) return;;
     esac
     case "$cmd" in
         "") COMPREPLY=($(compgen -W "run sh check -h --help --version --debug" -- "$cur"));;
-        run|sh) COMPREPLY=($(compgen -W "--root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --tmpfs --hide --home -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
+        run|sh) COMPREPLY=($(compgen -W "--root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --tmpfs --hide --home -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight --pass-fd -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
         check) COMPREPLY=($(compgen -W "--json --debug -h --help" -- "$cur"));;
     esac
 }

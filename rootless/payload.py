@@ -16,7 +16,7 @@ import errno
 import os
 import termios
 
-from rootless import console
+from rootless import console, fds
 from rootless import syscalls as sc
 from rootless.errors import EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, RboxError
 from rootless.signals import ALL_SIGNALS
@@ -33,6 +33,9 @@ def start(spec: Spec) -> tuple[int, int | None]:
     """
     prepare(spec)
     master, actions = open_pty() if spec.pty else (None, [])
+    # Everything init holds is close-on-exec (fds.py); the command gets 0, 1, 2 and the
+    # descriptors passed on purpose, at their own numbers.
+    fds.inherit(spec.pass_fds)
     try:
         path = find_command(spec.command[0], spec.env.get("PATH"))
         # Every signal at its default and unblocked: init blocks the forwarded ones.
