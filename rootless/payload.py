@@ -36,6 +36,8 @@ def start(spec: Spec) -> tuple[int, int | None]:
     # Everything init holds is close-on-exec (fds.py); the command gets 0, 1, 2 and the
     # descriptors passed on purpose, at their own numbers.
     fds.inherit(spec.pass_fds)
+    # Again, right before the spawn: nothing of init may be dumpable while the command runs.
+    sc.set_dumpable(False)
     try:
         path = find_command(spec.command[0], spec.env.get("PATH"))
         # Every signal at its default and unblocked: init blocks the forwarded ones.

@@ -51,8 +51,10 @@ MOUNT_ATTR_RDONLY = 0x1
 SYS_MOUNT_SETATTR = 442
 SYS_CLOSE_RANGE = 436
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 271, "s390x": 280}
 
 CLOSE_RANGE_CLOEXEC = 1 << 2
+KEYCTL_JOIN_SESSION_KEYRING = 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 libc = _libc  # shared with net/loopback.py and signals.py: one handle, one errno discipline
@@ -123,6 +125,19 @@ def close_range_cloexec(first: int, last: int) -> None:
     if _libc.syscall(SYS_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(last),
                      ctypes.c_uint(CLOSE_RANGE_CLOEXEC)) < 0:
         raise oserror("close_range")
+
+
+def join_session_keyring() -> int:
+    """keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL): a new, empty, anonymous session keyring
+    for this process and its children (keyrings(7)); its serial. OSError(ENOSYS) where
+    the kernel has no keyrings."""
+    nr = SYS_KEYCTL.get(os.uname().machine)
+    if nr is None:
+        raise OSError(38, f"keyctl: unknown system call number on {os.uname().machine}")
+    serial = _libc.syscall(nr, ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING), ctypes.c_void_p(None))
+    if serial < 0:
+        raise oserror("keyctl")
+    return int(serial)
 
 
 def sethostname(name: str) -> None:
