@@ -7,6 +7,7 @@ what the kernel said. Standard library and ctypes only: it runs under any Python
 
 Actions:
   remount-rw PATH     remount read-write the mount PATH is on, keeping its other flags
+  remount-ro PATH     the same, read-only
   write FILE TEXT     open FILE for writing (truncating) and write TEXT
   read FILE           the content of FILE
   umount PATH         umount2(PATH, 0), then with MNT_DETACH if that failed
@@ -115,16 +116,26 @@ def mount_point(path):
     return best
 
 
-def do_remount_rw(path):
+def remount(path, readonly):
+    """Remount the mount PATH is on, read-only or read-write, keeping its other flags (a
+    locked nosuid or nodev must be given again, or the kernel refuses: EPERM)."""
     path = mount_point(path)
     out("mountpoint", path)
     keep = os.statvfs(path).f_flag
-    flags = MS_REMOUNT | MS_BIND
+    flags = MS_REMOUNT | MS_BIND | (MS_RDONLY if readonly else 0)
     for st, ms in ((os.ST_NOSUID, MS_NOSUID), (os.ST_NODEV, MS_NODEV), (os.ST_NOEXEC, MS_NOEXEC),
                    (os.ST_NOATIME, MS_NOATIME), (os.ST_NODIRATIME, MS_NODIRATIME), (os.ST_RELATIME, MS_RELATIME)):
         if keep & st:
             flags |= ms
     attempt("remount", lambda: call(libc.mount(None, path.encode(), None, flags, None)))
+
+
+def do_remount_rw(path):
+    remount(path, readonly=False)
+
+
+def do_remount_ro(path):
+    remount(path, readonly=True)
 
 
 def do_write(path, text):
