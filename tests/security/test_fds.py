@@ -183,3 +183,16 @@ def test_rbox_works_with_standard_descriptors_closed(tmp_path, closed: str) -> N
     std = (tmp_path / "std.txt").read_text().split()
     for fd in closed.split():
         assert std[int(fd)] == "/dev/null", std
+
+
+def test_before_close_range_every_descriptor_is_marked_one_by_one(tmp_path) -> None:
+    # Linux < 5.11 has no close_range: fds.seal falls back to /proc/self/fd.
+    code = ("import errno, os\n"
+            "from rootless import fds, syscalls\n"
+            "def missing(first, last): raise OSError(errno.ENOSYS, 'no close_range')\n"
+            "syscalls.close_range_cloexec = missing\n"
+            "r, w = os.pipe(); os.set_inheritable(r, True); os.set_inheritable(w, True)\n"
+            "fds.seal([w])\n"
+            "print(os.get_inheritable(r), os.get_inheritable(w), os.get_inheritable(2))\n")
+    r = run([sys.executable, "-c", code], cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, "False False True\n"), r.stderr
