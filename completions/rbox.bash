@@ -29,13 +29,14 @@ _rbox() {
         --cpu-weight) return;;
         --pids-limit) return;;
         --io-weight) return;;
+        --pass-fd) return;;
         --profile) return;;
         -c) return;;
     esac
     case "$cmd" in
         "") COMPREPLY=($(compgen -W "run sh check unshare -h --help --version --debug" -- "$cur"));;
-        run) COMPREPLY=($(compgen -W "--root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --bind-try --ro-bind-try --tmpfs --hide --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
-        sh) COMPREPLY=($(compgen -W "-l --login -c --root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --bind-try --ro-bind-try --tmpfs --hide --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
+        run) COMPREPLY=($(compgen -W "--root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --bind-try --ro-bind-try --tmpfs --hide --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight --pass-fd -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
+        sh) COMPREPLY=($(compgen -W "-l --login -c --root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --bind-try --ro-bind-try --tmpfs --hide --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight --pass-fd -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
         check) COMPREPLY=($(compgen -W "--json --debug -h --help" -- "$cur"));;
         unshare) COMPREPLY=($(compgen -W "--debug -h --help" -- "$cur"));;
     esac

@@ -305,6 +305,9 @@ def reexec_in_scope(systemd_run: str, bus: str, argv: list[str]) -> None:
     env = dict(os.environ, RBOX_IN_SCOPE="1", DBUS_SESSION_BUS_ADDRESS=bus)
     sys.stdout.flush()
     sys.stderr.flush()
+    from rootless import fds
+
+    fds.inherit()        # the --pass-fd descriptors, for the second rbox to pass on
     os.execve(systemd_run, command, env)
 
 

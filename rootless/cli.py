@@ -19,6 +19,9 @@ def entry() -> None:
     rbox registers no atexit work, so tearing down every module object only costs time
     (about 3 ms of a 30 ms run); stdio is flushed first.
     """
+    from rootless import fds
+
+    fds.reserve_stdio()     # before anything opens a file that could land on 0, 1 or 2
     code = main()
     for stream in (sys.stdout, sys.stderr):
         try:
@@ -57,9 +60,12 @@ def _main(argv: list[str]) -> int:
     if parsed.values.get("help"):
         log.out(options.help_text(parsed.command))
         return 0
+    from rootless import fds
+
     if parsed.command == "check":
         from rootless import hostcheck
 
+        fds.seal([])        # the helpers it runs get none of the caller's descriptors
         return hostcheck.run(bool(parsed.values.get("json")))
     if parsed.command == "unshare":
         from rootless import unshare
@@ -97,6 +103,7 @@ def _main(argv: list[str]) -> int:
         from rootless import config
 
         the_spec.limits = config.apply_ceilings(the_spec.limits, ceilings)  # type: ignore[assignment]
+    fds.seal(the_spec.pass_fds)
     return parent.run(the_spec)
 
 

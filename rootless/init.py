@@ -7,12 +7,20 @@ sigwaitinfo(), and forwarded to the command; every zombie is reaped. When the co
 ends, whatever it left behind gets SIGTERM, a short grace period, then the kernel's
 SIGKILL when PID 1 exits (pid_namespaces(7)). init's exit code is the command's.
 
+Before the command starts, init locks the sandbox (`contain`): a user namespace nested
+below the one that made the mounts (stage-1 writes its maps), a mount namespace of that
+user namespace, in which every mount rbox made is locked (mount_namespaces(7):
+MNT_LOCKED, MNT_LOCK_READONLY; no unmount, move or read-write remount even for uid 0
+there), no dumpable state (the command cannot open /proc/1/fd, /proc/1/mem, nor ptrace
+init, whose pipe to rbox it could otherwise write), and a session keyring of its own.
+
 Every module init needs is imported at module load: after pivot_root the
 host's site-packages may be gone (mkosi imports `warnings` eagerly for this reason).
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -27,7 +35,7 @@ from rootless.spec import Spec
 LEFTOVER_GRACE = 2.0
 
 
-def run(spec: Spec, chan: sync.Channel, fd_sock: object = None, nested: tuple[int, int] | None = None) -> int:
+def run(spec: Spec, chan: sync.Channel, link: sync.Channel, fd_sock: object = None) -> int:
     sc.set_pdeathsig(signal.SIGKILL)           # tied to stage-1, which never exits first
     # A session (and so a process group) of its own: a key of rbox's terminal (Ctrl-C
     # under -T) then reaches rbox only, which forwards it. Were init in rbox's group too,
@@ -42,8 +50,7 @@ def run(spec: Spec, chan: sync.Channel, fd_sock: object = None, nested: tuple[in
     set_hostname(spec.hostname)
     net.configure(spec.net)
     chan.expect(sync.NETWORK_DONE)
-    if nested:
-        enter_nested_userns(*nested)
+    contain(link)
     pid, master = payload.start(spec)
     if master is not None:
         send_master(fd_sock, master)
@@ -65,20 +72,60 @@ def send_master(sock: object, master: int) -> None:
     sock.close()
 
 
-def enter_nested_userns(uid: int, gid: int) -> None:
-    """Become `uid`/`gid` again in a user namespace of our own (see userns.plan_idmap).
+def contain(link: sync.Channel) -> None:
+    """The steps between a finished sandbox and its command (see the module docstring).
 
-    As its creator, init may write a single-line map of its own outer id, 0, after
-    denying setgroups (user_namespaces(7)). The mounts are done; what follows (spawning
-    the command, reaping, signals) needs no capability in the outer namespace."""
-    log.step(f"nested user namespace: uid {uid}, gid {gid}")
+    The mounts, the host name and the network are done: what follows (spawning the
+    command, reaping, signals) needs no capability in stage-1's user namespace."""
+    enter_nested_userns(link)
+    # Not dumpable before anything else: init's descriptors are out of the command's
+    # reach from here on (proc(5): /proc/PID/fd needs ptrace access, which a
+    # non-dumpable process refuses to anyone without CAP_SYS_PTRACE over rbox's own
+    # user namespace, the host's).
+    sc.set_dumpable(False)
+    lock_mounts()
+    new_session_keyring()
+
+
+def enter_nested_userns(link: sync.Channel) -> None:
+    """A user namespace below stage-1's, mapped by stage-1 (userns.plan_idmap says how).
+
+    init stays dumpable until the maps are written: stage-1 writes them through
+    /proc/PID, whose files belong to root of the host while a process is not dumpable."""
+    log.step("unshare user namespace (nested: the command's)")
     try:
         sc.unshare(sc.CLONE_NEWUSER)
-        for name, text in (("setgroups", "deny"), ("uid_map", f"{uid} 0 1\n"), ("gid_map", f"{gid} 0 1\n")):
-            with open(f"/proc/self/{name}", "w") as f:
-                f.write(text)
     except OSError as e:
         raise NamespaceError(f"cannot create the nested user namespace: {e.strerror}") from None
+    link.send(sync.NESTED_USERNS)
+    link.expect(sync.NESTED_MAPPED)
+    link.close()
+
+
+def lock_mounts() -> None:
+    """A mount namespace owned by the nested user namespace: the kernel copies every
+    mount into it locked (mount_namespaces(7), "Restrictions on mount namespaces")."""
+    log.step("unshare mount namespace (nested: every mount so far is locked)")
+    try:
+        sc.unshare(sc.CLONE_NEWNS)
+    except OSError as e:
+        raise NamespaceError(f"cannot create the command's mount namespace: {e.strerror}") from None
+
+
+def new_session_keyring() -> None:
+    """A new, empty session keyring (keyrings(7)), as OCI runtimes give a container: the
+    caller's holds Kerberos (KEYRING: ccaches) and AFS tokens. Without keyrings in the
+    kernel (ENOSYS) there is nothing to leak."""
+    try:
+        serial = sc.join_session_keyring()
+    except OSError as e:
+        if e.errno == errno.ENOSYS:
+            log.step("no kernel keyrings (ENOSYS)")
+            return
+        raise NamespaceError(f"cannot give the sandbox a session keyring of its own: {e.strerror}",
+                             hint="the kernel's key quota (kernel.keys.maxkeys) may be used up; "
+                                  "see /proc/key-users") from None
+    log.step(f"new session keyring {serial}")
 
 
 def set_hostname(name: str) -> None:

@@ -69,6 +69,8 @@ SANDBOX_OPTIONS = (
         metavar="N", kind="value"),
     Opt(("--pids-limit",), "pids_limit", "most processes and threads at once (pids.max)", metavar="N", kind="value"),
     Opt(("--io-weight",), "io_weight", "I/O share, 1-10000 (io.weight)", metavar="N", kind="value"),
+    Opt(("--pass-fd",), "pass_fd", "pass your open file descriptor N to the command, as N (repeatable; "
+        "0-2 always are, no other is)", metavar="N", kind="append"),
     Opt(("-t", "--tty"), "tty", "give the command a new pseudo-terminal (the default when stdin is one)"),
     Opt(("-T", "--no-tty"), "no_tty", "no pseudo-terminal: the command gets rbox's stdin/stdout/stderr as they are"),
     Opt(("--profile",), "profile", "apply [profiles.NAME] of the configuration files (rbox(1), FILES)",

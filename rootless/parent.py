@@ -71,7 +71,7 @@ def run(spec: Spec) -> int:
         os.close(sigfd)
         if parent_sock is not None:
             parent_sock.close()
-        run_child(child_end, "stage-1", lambda: stage1.run(spec, child_end, me, child_sock, idmap.nested))
+        run_child(child_end, "stage-1", lambda: stage1.run(spec, child_end, me, idmap, child_sock))
     child_end.close()
     if child_sock is not None:
         child_sock.close()
@@ -139,7 +139,7 @@ def fd_socket_pair() -> tuple[socket.socket, socket.socket]:
 
 def plan_idmap(spec: Spec) -> userns.IdMapPlan:
     plan = userns.plan_idmap(spec.root, spec.uid, spec.gid, spec.user, os.environ.get("PATH"),
-                             userns.no_new_privs_set())
+                             userns.no_new_privs_set(), groups=os.getgroups())
     if plan.mode == "single":
         log.warn(f"mapping only your own uid and gid ({plan.reason}); see rbox(1), HOST SETUP")
     return plan

@@ -17,7 +17,7 @@ import fcntl
 import os
 import termios
 
-from rootless import console
+from rootless import console, fds
 from rootless import syscalls as sc
 from rootless.errors import EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, RboxError
 from rootless.signals import COMMAND_DEFAULTS
@@ -35,6 +35,11 @@ def start(spec: Spec) -> tuple[int, int | None]:
     """
     prepare(spec)
     master, slave = open_pty() if spec.pty else (None, None)
+    # Everything init holds is close-on-exec (fds.py); the command gets 0, 1, 2 and the
+    # descriptors passed on purpose, at their own numbers.
+    fds.inherit(spec.pass_fds)
+    # Again, right before the spawn: nothing of init may be dumpable while the command runs.
+    sc.set_dumpable(False)
     try:
         pid = spawn(spec, slave)
     except OSError as e:

@@ -19,6 +19,7 @@ import os
 import pwd
 
 from rootless.errors import SpecError
+from rootless.fds import check_passable
 from rootless.net import DEFAULT_MODE, uses_helper
 from rootless.net.ports import Port, check_unique, parse
 from rootless.options import Parsed
@@ -70,6 +71,7 @@ class Spec:
     tty: bool       # rbox's stdin, stdout and stderr are all terminals
     pty: bool       # the command gets a new pseudo-terminal (console.py)
     limits: Limits | None   # None: no limit asked, no cgroup work at all
+    pass_fds: list[int]     # the caller's descriptors the command gets (--pass-fd), sorted
     argv: list[str]         # rbox's own arguments, to re-run them in a systemd scope
     __slots__ = tuple(__annotations__)
 
@@ -108,6 +110,7 @@ def from_parsed(parsed: Parsed, environ: dict[str, str], cwd: str, tty: bool,
         uid=uid, gid=gid, user=user, home=home, cwd=cwd, cwd_bound=cwd_bound, cwd_warning=cwd_warning,
         tty=tty, pty=_pty(v, tty),
         limits=_limits(v),
+        pass_fds=sorted({check_passable(value) for _, value in _list(v, "pass_fd")}),
         argv=list(argv or []),
     )
 

@@ -1,4 +1,5 @@
-"""Stage-1: create the user namespace, wait to be mapped, create the others, start PID 1.
+"""Stage-1: create the user namespace, wait to be mapped, create the others, start PID 1,
+map the command's nested user namespace.
 
 Runs in: stage-1 (the parent's child; in the new user namespace after its first step).
 
@@ -6,6 +7,13 @@ Why stage-1 stays alive instead of exiting after the fork: PR_SET_PDEATHSIG fire
 the *parent* of a process exits (prctl(2)), so init's death signal is tied to stage-1 and
 stage-1's to rbox. `kill -9` of rbox then takes down stage-1, which takes down PID 1,
 which takes down the whole PID namespace (pid_namespaces(7)): nothing survives rbox.
+
+Why stage-1 maps init's nested user namespace (U2): the maps of U2 may list many ids only
+when written by a process with CAP_SETUID/CAP_SETGID in U1, the parent namespace
+(user_namespaces(7), "Defining user and group ID mappings"). Stage-1 created U1 and keeps
+every capability there; init gives its own up by entering U2. U2's maps go through the
+host's /proc, which stage-1 opens before forking init: init's pivot_root moves the root
+of stage-1 too (they share a mount namespace), after which `/proc` is the sandbox's.
 """
 
 from __future__ import annotations
@@ -16,13 +24,13 @@ import signal
 
 from rootless import init, log, sync
 from rootless import syscalls as sc
-from rootless.errors import NamespaceError, ProtocolError, waitstatus_to_code
+from rootless.errors import NamespaceError, ProtocolError, RboxError, waitstatus_to_code
 from rootless.guard import run_child
 from rootless.spec import Spec
+from rootless.userns import IdMapPlan, map_text
 
 
-def run(spec: Spec, chan: sync.Channel, parent_pid: int, fd_sock: object = None,
-        nested: tuple[int, int] | None = None) -> int:
+def run(spec: Spec, chan: sync.Channel, parent_pid: int, idmap: IdMapPlan, fd_sock: object = None) -> int:
     arm_death_signal(parent_pid)
     unshare_user()
     chan.send(sync.USERNS_READY)
@@ -31,14 +39,65 @@ def run(spec: Spec, chan: sync.Channel, parent_pid: int, fd_sock: object = None,
     # change cleared it (rootlesskit#65, fixed there the same way in PR #66).
     arm_death_signal(parent_pid)
     unshare_rest(spec)
+    host_proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    link, init_link = sync.channel_pair(child="init", parent="stage-1")
     pid = os.fork()
     if pid == 0:
-        run_child(chan, "init", lambda: init.run(spec, chan, fd_sock, nested))
+        os.close(host_proc)
+        link.close()
+        run_child(chan, "init", lambda: init.run(spec, chan, init_link, fd_sock))
+    init_link.close()
     chan.send(sync.INIT_STARTED, pid=pid)
     # From here on only init holds the pipes, so the parent sees EOF when PID 1 is gone.
     chan.close()
     if fd_sock is not None:
         fd_sock.close()  # type: ignore[attr-defined]
+    serve_nested_map(link, host_proc, pid, idmap)
+    return wait_for_init(pid)
+
+
+def serve_nested_map(link: sync.Channel, host_proc: int, pid: int, idmap: IdMapPlan) -> None:
+    """Wait for init to ask, write the maps of its nested user namespace, answer.
+
+    EOF instead of the request: init failed earlier and told the parent itself. A failure
+    here goes to init as ERROR, and init reports it (the parent's pipe is init's now)."""
+    try:
+        msg = link.receive(timeout=None)
+        if msg is None:
+            return
+        if msg[0] != sync.NESTED_USERNS:
+            raise ProtocolError(f"expected {sync.NESTED_USERNS} from init, got {msg[0]}")
+        write_nested_maps(host_proc, pid, idmap)
+        link.send(sync.NESTED_MAPPED)
+    except RboxError as e:
+        try:
+            link.send_error(e)
+        except OSError:
+            pass            # init is gone; so is its error's audience
+    finally:
+        link.close()
+        os.close(host_proc)
+
+
+def write_nested_maps(host_proc: int, pid: int, idmap: IdMapPlan) -> None:
+    """setgroups first: `deny` must precede gid_map (user_namespaces(7)); then the maps,
+    each in one write(2), as the kernel requires."""
+    for name, text in (("setgroups", idmap.nested_setgroups), ("uid_map", map_text(idmap.nested_uid_map)),
+                       ("gid_map", map_text(idmap.nested_gid_map))):
+        log.step(f"write /proc/{pid}/{name}: {text.strip()}")
+        try:
+            fd = os.open(f"{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC, dir_fd=host_proc)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+        except OSError as e:
+            raise NamespaceError(f"cannot write `/proc/{pid}/{name}` of the command's user namespace: "
+                                 f"{e.strerror}") from None
+
+
+def wait_for_init(pid: int) -> int:
+    """Stay alive while PID 1 runs (see the module docstring); its exit code."""
     _, status = os.waitpid(pid, 0)
     return waitstatus_to_code(status)
 

@@ -11,6 +11,11 @@ Runs in: parent, stage-1 and init (each holds one end of two pipes).
     6  init -> parent     STOPPED        - (the command stopped itself: a Ctrl-Z in its pty)
     *  any child -> parent ERROR         message, hint, code
 
+Between init and stage-1, over a pipe pair of their own (after INIT_STARTED):
+
+    a  init -> stage-1    NESTED_USERNS  - (init unshared the command's user namespace)
+    b  stage-1 -> init    NESTED_MAPPED  - (its maps are written), or ERROR
+
 Stage-1 closes its ends after INIT_STARTED, so from then on the parent's read end
 reaches EOF exactly when PID 1 is gone: EOF is the "peer died" signal, and every wait
 also has a timeout, so the parent never hangs on a dead or stuck child (rootlesskit's
@@ -37,6 +42,8 @@ INIT_STARTED = "INIT_STARTED"
 NETWORK_DONE = "NETWORK_DONE"
 RUNNING = "RUNNING"
 STOPPED = "STOPPED"
+NESTED_USERNS = "NESTED_USERNS"
+NESTED_MAPPED = "NESTED_MAPPED"
 ERROR = "ERROR"
 
 MAX_LINE = 65536
@@ -127,6 +134,8 @@ class Channel:
                 os.close(fd)
             except OSError:
                 pass
+        # A late send (an error report) must fail, not write to whatever reuses the number.
+        self.rfd = self.wfd = -1
 
 
 def error_from_fields(fields: dict[str, str]) -> RboxError:
@@ -137,9 +146,9 @@ def error_from_fields(fields: dict[str, str]) -> RboxError:
     return RboxError(fields.get("message", "setup failed"), fields.get("hint") or None, code)
 
 
-def channel_pair() -> tuple[Channel, Channel]:
+def channel_pair(child: str = "stage-1", parent: str = "parent") -> tuple[Channel, Channel]:
     """(parent end, child end) over two pipes; os.pipe() fds are close-on-exec."""
     to_child_r, to_child_w = os.pipe()
     to_parent_r, to_parent_w = os.pipe()
-    return (Channel(to_parent_r, to_child_w, "stage-1"),
-            Channel(to_child_r, to_parent_w, "parent"))
+    return (Channel(to_parent_r, to_child_w, child),
+            Channel(to_child_r, to_parent_w, parent))

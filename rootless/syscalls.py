@@ -49,7 +49,12 @@ MOUNT_ATTR_RDONLY = 0x1
 # unification of new syscall numbers across architectures (424 and up), so it is 442
 # everywhere; pivot_root is older and differs per architecture.
 SYS_MOUNT_SETATTR = 442
+SYS_CLOSE_RANGE = 436
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
+SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 271, "s390x": 280}
+
+CLOSE_RANGE_CLOEXEC = 1 << 2
+KEYCTL_JOIN_SESSION_KEYRING = 1
 
 _libc = ctypes.CDLL(None, use_errno=True)
 libc = _libc  # shared with net/loopback.py and signals.py: one handle, one errno discipline
@@ -112,6 +117,27 @@ def make_readonly_recursive(path: str) -> None:
                        ctypes.byref(attr), ctypes.sizeof(attr))
     if rc < 0:
         raise oserror("mount_setattr", path)
+
+
+def close_range_cloexec(first: int, last: int) -> None:
+    """close_range(first, last, CLOSE_RANGE_CLOEXEC): mark a range close-on-exec in one
+    call (Linux 5.11). OSError(ENOSYS or EINVAL) on older kernels: the caller falls back."""
+    if _libc.syscall(SYS_CLOSE_RANGE, ctypes.c_uint(first), ctypes.c_uint(last),
+                     ctypes.c_uint(CLOSE_RANGE_CLOEXEC)) < 0:
+        raise oserror("close_range")
+
+
+def join_session_keyring() -> int:
+    """keyctl(KEYCTL_JOIN_SESSION_KEYRING, NULL): a new, empty, anonymous session keyring
+    for this process and its children (keyrings(7)); its serial. OSError(ENOSYS) where
+    the kernel has no keyrings."""
+    nr = SYS_KEYCTL.get(os.uname().machine)
+    if nr is None:
+        raise OSError(38, f"keyctl: unknown system call number on {os.uname().machine}")
+    serial = _libc.syscall(nr, ctypes.c_long(KEYCTL_JOIN_SESSION_KEYRING), ctypes.c_void_p(None))
+    if serial < 0:
+        raise oserror("keyctl")
+    return int(serial)
 
 
 def sethostname(name: str) -> None:

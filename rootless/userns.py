@@ -2,11 +2,17 @@
 
 Runs in: parent (the maps of a child's user namespace are written from outside it).
 
-Pure parts (`parse_subids`, `build_map`, `helper_argv`, `plan_idmap`) take text and
-numbers and are unit-tested; `apply_idmap` runs the setuid helpers newgidmap and
+Pure parts (`parse_subids`, `build_map`, `helper_argv`, `plan_idmap`, `identity`) take
+text and numbers and are unit-tested; `apply_idmap` runs the setuid helpers newgidmap and
 newuidmap against stage-1's pid, or writes a single-id map itself when that is all the
 host allows (user_namespaces(7): an unprivileged writer may map only its own id, after
 writing `deny` to /proc/PID/setgroups).
+
+Two user namespaces, always: stage-1's (U1, mapped from here) owns every mount rbox
+makes; the command runs in U2, nested below it, which init creates and stage-1 maps
+(stage-1.py). A mount namespace created in U2 gets every mount of U1 locked
+(mount_namespaces(7), MNT_LOCKED): uid 0 of U2 cannot unmount, move or remount them
+read-write. The plan carries U2's maps, computed here, in U1's ids.
 """
 
 from __future__ import annotations
@@ -122,29 +128,62 @@ def helper_argv(tool: str, pid: int, extents: list[Extent]) -> list[str]:
 
 
 class IdMapPlan:
-    """How the parent will map stage-1's user namespace."""
+    """How the parent will map stage-1's user namespace (U1), and how stage-1 will map
+    the command's (U2): `nested_*` extents are (U2 id, U1 id, count)."""
 
-    __slots__ = ("mode", "uid_map", "gid_map", "reason", "newuidmap", "newgidmap", "nested")
+    __slots__ = ("mode", "uid_map", "gid_map", "reason", "newuidmap", "newgidmap",
+                 "nested_uid_map", "nested_gid_map", "nested_setgroups")
 
     def __init__(self, mode: str, uid_map: list[Extent], gid_map: list[Extent],
                  reason: str = "", newuidmap: str = "", newgidmap: str = "",
-                 nested: tuple[int, int] | None = None):
+                 nested_uid_map: list[Extent] | None = None, nested_gid_map: list[Extent] | None = None,
+                 nested_setgroups: str = "deny"):
         self.mode, self.uid_map, self.gid_map, self.reason = mode, uid_map, gid_map, reason
         self.newuidmap, self.newgidmap = newuidmap, newgidmap
-        self.nested = nested      # (uid, gid) the command gets in a nested user namespace
+        self.nested_uid_map = nested_uid_map if nested_uid_map is not None else identity(uid_map)
+        self.nested_gid_map = nested_gid_map if nested_gid_map is not None else identity(gid_map)
+        self.nested_setgroups = nested_setgroups
 
     def describe(self) -> list[str]:
         lines = [f"id map ({self.mode}{': ' + self.reason if self.reason else ''})"]
         lines += [f"uid {i} -> {o} x{c}" for i, o, c in self.uid_map]
         lines += [f"gid {i} -> {o} x{c}" for i, o, c in self.gid_map]
-        if self.nested:
-            lines.append(f"nested user namespace: uid {self.nested[0]} -> 0, gid {self.nested[1]} -> 0")
+        lines.append(f"nested user namespace for the command (setgroups {self.nested_setgroups}):")
+        lines += [f"  uid {i} -> {o} x{c}" for i, o, c in self.nested_uid_map]
+        lines += [f"  gid {i} -> {o} x{c}" for i, o, c in self.nested_gid_map]
         return lines
 
 
+def identity(extents: list[Extent]) -> list[Extent]:
+    """U2's map when the command keeps U1's ids: every inner id of U1 maps to itself.
+    One line per line of U1's map, never merged: the kernel maps each line of a child's
+    map through a single line of its parent's (map_id_range_down), so a line spanning
+    two of U1's extents is refused with EPERM."""
+    return [(inner, inner, count) for inner, _, count in sorted(extents)]
+
+
+def nested_setgroups(mode: str, gid: int, groups: list[int]) -> str:
+    """`deny` whenever setgroups(2) in U2 would let the command drop a group it has on
+    the host. Such groups are unmapped in U1 (they show as the overflow gid) but still
+    count for permission checks; setgroups([]) would drop them and pass a negative group
+    permission (mode 0604 with group X denies members of X). With a single id, U1 is
+    already `deny`, and the kernel keeps U2 at `deny` too (user_namespaces(7))."""
+    if mode == "single" or set(groups) - {gid}:
+        return "deny"
+    # No group to lose: let apt/dpkg drop privileges to _apt with setgroups().
+    return "allow"
+
+
 def which(name: str, path: str | None) -> str | None:
+    """A host helper (newuidmap, slirp4netns, ...) on PATH, looking only in absolute
+    directories. An empty or relative PATH entry means the current directory, which the
+    sandbox can write: a `slirp4netns` planted there by an earlier sandbox would run on
+    the host, outside any sandbox. (The command's own lookup inside the sandbox keeps
+    the shell's rules: payload.find_command.)"""
     for d in (path or os.defpath).split(os.pathsep):
-        candidate = os.path.join(d or ".", name)
+        if not d.startswith("/"):
+            continue
+        candidate = os.path.join(d, name)
         if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
             return candidate
     return None
@@ -159,14 +198,19 @@ def no_new_privs_set(status_path: str = "/proc/self/status") -> bool:
 
 
 def plan_idmap(root: bool, uid: int, gid: int, name: str, path: str | None,
-               nnp: bool, subuid: str = SUBUID, subgid: str = SUBGID) -> IdMapPlan:
+               nnp: bool, subuid: str = SUBUID, subgid: str = SUBGID,
+               groups: list[int] | None = None) -> IdMapPlan:
     """Choose subordinate-range maps through the helpers, or the single-id fallback.
+    `groups`: the caller's supplementary groups (os.getgroups()), for U2's setgroups.
 
     With a single id and your own identity, the sandbox's user namespace maps it as 0,
-    and init gives the command a nested user namespace in which it is your uid again:
+    and the command's nested user namespace makes it your uid again (uid -> 0):
     slirp4netns insists on setegid(0)/seteuid(0) in the namespace it joins, so without a
-    mapped 0 users with no subordinate ids (LDAP/SSSD users) would have no network."""
-    single = IdMapPlan("single", [(0, uid, 1)], [(0, gid, 1)], nested=None if root else (uid, gid))
+    mapped 0 users with no subordinate ids (LDAP/SSSD users) would have no network.
+    Otherwise U2 keeps U1's ids (`identity`), so chown to any mapped id keeps working."""
+    single = IdMapPlan("single", [(0, uid, 1)], [(0, gid, 1)],
+                       nested_uid_map=None if root else [(uid, 0, 1)],
+                       nested_gid_map=None if root else [(gid, 0, 1)])
     uranges = subid_ranges(name, uid, path, subuid, "u")
     # subgid(5) lines are owned by a user (name or uid), like subuid(5) lines.
     granges = subid_ranges(name, uid, path, subgid, "g") if uranges else []
@@ -184,7 +228,8 @@ def plan_idmap(root: bool, uid: int, gid: int, name: str, path: str | None,
     if single.reason:
         return single
     return IdMapPlan("subid", build_map(uid, uranges, root), build_map(gid, granges, root),
-                     newuidmap=newuidmap or "", newgidmap=newgidmap or "")
+                     newuidmap=newuidmap or "", newgidmap=newgidmap or "",
+                     nested_setgroups=nested_setgroups("subid", gid, groups or []))
 
 
 def apply_idmap(plan: IdMapPlan, pid: int) -> None:
@@ -195,8 +240,8 @@ def apply_idmap(plan: IdMapPlan, pid: int) -> None:
         return
     # setgroups must be `deny` before an unprivileged gid_map write (Linux 3.19+,
     # CVE-2014-8989); files written by the namespace's creator, from the parent namespace.
-    for name, text in (("setgroups", "deny"), ("uid_map", _map_text(plan.uid_map)),
-                       ("gid_map", _map_text(plan.gid_map))):
+    for name, text in (("setgroups", "deny"), ("uid_map", map_text(plan.uid_map)),
+                       ("gid_map", map_text(plan.gid_map))):
         log.step(f"write /proc/{pid}/{name}: {text.strip()}")
         try:
             with open(f"/proc/{pid}/{name}", "w") as f:
@@ -206,7 +251,7 @@ def apply_idmap(plan: IdMapPlan, pid: int) -> None:
                                  hint="see rbox(1), HOST SETUP") from None
 
 
-def _map_text(extents: list[Extent]) -> str:
+def map_text(extents: list[Extent]) -> str:
     return "".join(f"{i} {o} {c}\n" for i, o, c in extents)
 
 

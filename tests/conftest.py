@@ -98,6 +98,14 @@ def probe(name: str) -> str | None:
         if r.returncode != 0:
             return f"cannot act as {other}: `sudo -n -u {other} true` failed: {r.stderr.strip()[-200:]}"
         return None
+    if name == "suppgroup":
+        if set(os.getgroups()) - {os.getgid()}:
+            return None
+        return "the test user has no supplementary group (.ci/run adds rboxtest to the group rboxsup)"
+    if name == "keyrings":
+        code = "from rootless import syscalls as s; s.join_session_keyring()"
+        r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
+        return None if r.returncode == 0 else f"no kernel keyrings: {r.stderr.strip()[-200:]}"
     if name == "nosubid":
         from rootless import userns
 

@@ -25,7 +25,8 @@ def map_text(extents: list[tuple[int, int, int]]) -> str:
 
 def planned(root: bool) -> userns.IdMapPlan:
     user = pwd.getpwuid(os.getuid()).pw_name
-    return userns.plan_idmap(root, os.getuid(), os.getgid(), user, os.environ.get("PATH"), False)
+    return userns.plan_idmap(root, os.getuid(), os.getgid(), user, os.environ.get("PATH"), False,
+                             groups=os.getgroups())
 
 
 @pytest.mark.needs_subuid
@@ -36,11 +37,14 @@ def test_uid_map_is_the_planned_map(root: bool) -> None:
     f = facts(r.stdout)
     plan = planned(root)
     assert plan.mode == "subid"
-    assert f["uid_map"] == map_text(plan.uid_map)
-    assert f["gid_map"] == map_text(plan.gid_map)
+    # The command's user namespace is nested in the planned one and keeps its ids: its
+    # own map, read inside, is the identity over them (the host's ids: the chown test).
+    assert f["uid_map"] == map_text(plan.nested_uid_map) == map_text([(i, i, c) for i, _, c in plan.uid_map])
+    assert f["gid_map"] == map_text(plan.nested_gid_map) == map_text([(i, i, c) for i, _, c in plan.gid_map])
     assert f["uid"] == ("0" if root else str(os.getuid()))
     assert f["gid"] == ("0" if root else str(os.getgid()))
-    assert f["setgroups"] == "allow"
+    # `allow` only when the caller has no supplementary group that dropping could lose.
+    assert f["setgroups"] == ("deny" if set(os.getgroups()) - {os.getgid()} else "allow")
     assert "warning" not in r.stderr
 
 
@@ -84,7 +88,8 @@ def test_without_helpers_falls_back_to_a_single_id_with_one_warning(tmp_path, ro
     f = facts(r.stdout)
     assert (f["uid"], f["gid"]) == (("0", "0") if root else (str(os.getuid()), str(os.getgid())))
     if root:
-        assert (f["uid_map"], f["gid_map"]) == (f"0 {os.getuid()} 1", f"0 {os.getgid()} 1")
+        # 0 in a user namespace nested in the one that maps your id as 0.
+        assert (f["uid_map"], f["gid_map"]) == ("0 0 1", "0 0 1")
     else:
         # Your own id, in a user namespace nested in the one that maps it as 0.
         assert (f["uid_map"], f["gid_map"]) == (f"{os.getuid()} 0 1", f"{os.getgid()} 0 1")
@@ -100,7 +105,7 @@ def test_user_without_subordinate_ids_falls_back_with_a_warning(tmp_path) -> Non
     r = run_rbox("run", "--root", *py("ids"), cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     f = facts(r.stdout)
-    assert f["uid_map"] == f"0 {os.getuid()} 1"
+    assert f["uid_map"] == "0 0 1"      # nested in the namespace that maps your uid as 0
     assert f["setgroups"] == "deny"
     assert r.stderr.strip() == (f"rbox: warning: mapping only your own uid and gid (no subordinate uid range "
                                 f"for `{user}` in /etc/subuid); see rbox(1), HOST SETUP")

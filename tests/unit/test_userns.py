@@ -108,14 +108,48 @@ def test_plan_falls_back_to_a_single_id_with_the_reason(host, change: str, reaso
     # back in a nested user namespace.
     assert plan.uid_map == [(0, 1000, 1)]
     assert plan.gid_map == [(0, 1001, 1)]
-    assert plan.nested == (1000, 1001)
+    assert (plan.nested_uid_map, plan.nested_gid_map) == ([(1000, 0, 1)], [(1001, 0, 1)])
+    assert plan.nested_setgroups == "deny"
 
 
 def test_single_plan_for_root_maps_0(host) -> None:
     host.remove("/etc/subuid")
     plan = userns.plan_idmap(True, 1000, 1001, "alice", "/usr/bin", False)
     assert plan.uid_map == [(0, 1000, 1)] and plan.gid_map == [(0, 1001, 1)]
-    assert plan.nested is None
+    # Root again in the command's nested namespace; U1 is `deny`, so U2 must be too.
+    assert (plan.nested_uid_map, plan.nested_gid_map) == ([(0, 0, 1)], [(0, 0, 1)])
+    assert plan.nested_setgroups == "deny"
+
+
+@pytest.mark.parametrize("root", [True, False])
+def test_subid_plan_nests_the_identity_over_every_inner_id(host, root: bool) -> None:
+    plan = userns.plan_idmap(root, 1000, 1000, "alice", "/usr/bin", False)
+    assert plan.nested_uid_map == [(i, i, c) for i, _, c in plan.uid_map]
+    assert plan.nested_gid_map == [(i, i, c) for i, _, c in plan.gid_map]
+
+
+def test_identity_keeps_one_line_per_extent_in_inner_order() -> None:
+    # Never merged: the kernel maps each line through one line of the parent's map.
+    assert userns.identity([(1001, 101000, 64536), (0, 100000, 1000), (1000, 1000, 1)]) == [
+        (0, 0, 1000), (1000, 1000, 1), (1001, 1001, 64536)]
+
+
+@pytest.mark.parametrize(("groups", "expected"), [
+    ([], "allow"), ([1000], "allow"), ([1000, 27], "deny"), ([27], "deny")])
+def test_setgroups_is_denied_when_the_caller_has_a_group_to_lose(host, groups: list[int], expected: str) -> None:
+    plan = userns.plan_idmap(True, 1000, 1000, "alice", "/usr/bin", False, groups=groups)
+    assert plan.mode == "subid"
+    assert plan.nested_setgroups == expected
+
+
+@pytest.mark.parametrize("path", [":/usr/bin", "/usr/bin::/bin", ".:/usr/bin", "bin:/usr/bin", ""])
+def test_which_looks_only_in_absolute_directories(fs, monkeypatch, path: str) -> None:
+    fs.create_file("/work/newuidmap", st_mode=0o100755)
+    fs.create_file("/work/bin/newuidmap", st_mode=0o100755)
+    fs.create_file("/usr/bin/newuidmap", st_mode=0o100755)
+    monkeypatch.chdir("/work")
+    # Never ./newuidmap nor bin/newuidmap; an empty PATH falls back to the default path.
+    assert userns.which("newuidmap", path) == "/usr/bin/newuidmap"
 
 
 @pytest.mark.parametrize(("value", "expected"), [("0", False), ("1", True)])
@@ -126,4 +160,6 @@ def test_no_new_privs_is_read_from_proc_status(fs, value: str, expected: bool) -
 
 def test_describe_lists_every_extent() -> None:
     plan = userns.IdMapPlan("single", [(0, 1000, 1)], [(0, 1000, 1)], reason="why")
-    assert plan.describe() == ["id map (single: why)", "uid 0 -> 1000 x1", "gid 0 -> 1000 x1"]
+    assert plan.describe() == ["id map (single: why)", "uid 0 -> 1000 x1", "gid 0 -> 1000 x1",
+                               "nested user namespace for the command (setgroups deny):",
+                               "  uid 0 -> 0 x1", "  gid 0 -> 0 x1"]
