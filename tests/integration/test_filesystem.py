@@ -233,9 +233,9 @@ def test_nothing_is_imported_after_pivot_root(tmp_path) -> None:
     assert late == []
 
 
-def test_dry_run_starts_nothing_even_with_limits_and_a_network(tmp_path) -> None:
-    # A limit on this host would be refused, a network would start slirp4netns: a dry
-    # run does neither, it only prints.
-    r = run_rbox("run", "--dry-run", "--memory", "1G", "--net=slirp4netns", "--", "true", cwd=tmp_path)
+def test_dry_run_starts_nothing_even_with_a_network(tmp_path) -> None:
+    # A network would start slirp4netns: a dry run does not, it only prints. (A limit
+    # this host cannot enforce is refused by the dry run as by the real run: test_daily.)
+    r = run_rbox("run", "--dry-run", "--net=slirp4netns", "--", "true", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("id map (") and "slirp4netns" not in r.stderr
