@@ -17,7 +17,7 @@ import fcntl
 import os
 import termios
 
-from rootless import console, fds
+from rootless import console, fds, seccomp
 from rootless import syscalls as sc
 from rootless.errors import EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, RboxError
 from rootless.signals import COMMAND_DEFAULTS
@@ -108,6 +108,8 @@ def prepare(spec: Spec) -> None:
         sc.drop_bounding_set()
     # Always: a setuid or file-capability binary inside gains nothing (prctl(2)).
     sc.set_no_new_privs()
+    # After NO_NEW_PRIVS, which an unprivileged seccomp filter needs (seccomp(2)).
+    seccomp.deny_keyrings()
 
 
 def find_command(name: str, path: str | None) -> str:
