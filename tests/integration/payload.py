@@ -187,7 +187,7 @@ def do_connect(*specs):
                 if proto == "udp":
                     s.send(b"ping")
                 out(spec, "open " + s.recv(64).decode())
-            except socket.timeout:
+            except TimeoutError:
                 out(spec, "timeout")
             except OSError as e:
                 out(spec, errno.errorcode.get(e.errno, e.errno))

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import PAYLOAD, live_processes, py, rbox_env, run_rbox, wait_until
+from tests.integration.helpers import PAYLOAD, children, live_processes, py, rbox_env, run_rbox, wait_until
 from tests.integration.privnet import SECRET, Services
 from tests.integration.test_identity import facts
 
@@ -90,7 +90,8 @@ def test_host_loopback_is_refused_by_default_with_slirp4netns(services: Services
               f"udp:127.0.0.1:{services.udp}"]
     r = run_rbox("run", "--net=slirp4netns", *py("connect", *probes))
     assert r.returncode == 0, r.stderr
-    assert facts(r.stdout) == dict(zip(probes, ["ENETUNREACH", "ENETUNREACH", "ECONNREFUSED", "ECONNREFUSED"]))
+    expected = ["ENETUNREACH", "ENETUNREACH", "ECONNREFUSED", "ECONNREFUSED"]
+    assert facts(r.stdout) == dict(zip(probes, expected, strict=True))
 
 
 @pytest.mark.needs_pasta
@@ -101,7 +102,7 @@ def test_host_loopback_ports_are_not_forwarded_into_the_sandbox_with_pasta(servi
     probes = [f"tcp:127.0.0.1:{services.tcp}", f"udp:127.0.0.1:{services.udp}"]
     r = run_rbox("run", "--net=pasta", *py("connect", *probes))
     assert r.returncode == 0, r.stderr
-    assert facts(r.stdout) == dict(zip(probes, ["ECONNREFUSED", "ECONNREFUSED"]))
+    assert facts(r.stdout) == dict(zip(probes, ["ECONNREFUSED", "ECONNREFUSED"], strict=True))
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -209,6 +210,31 @@ def test_no_helper_is_left_after_exit_kill_or_sigkill_of_rbox(tmp_path, spawn, d
     proc.kill()
     proc.wait()
     assert wait_until(lambda: helpers_running() == [], timeout=10), helpers_running()
+
+
+def root_filesystem(pid: str) -> str:
+    with open(f"/proc/{pid}/mountinfo") as f:
+        return next(line.split(" - ")[1].split()[0] for line in f if line.split()[4] == "/")
+
+
+@pytest.mark.needs_slirp4netns
+def test_slirp4netns_runs_confined(tmp_path, spawn) -> None:
+    # --enable-sandbox: its own mount namespace whose root is an empty tmpfs (no host
+    # files); --enable-seccomp: a seccomp filter (Seccomp: 2, filter mode). Read from the
+    # kernel's view of the running helper (proc(5)), not from its command line.
+    proc = spawn("run", "--net=slirp4netns", "--", "sleep", "60", cwd=tmp_path)
+    helper: list[str] = []
+
+    def find() -> bool:
+        helper[:] = [pid for pid, cmd in children(proc.pid).items() if "slirp4netns" in cmd.split(" ", 1)[0]]
+        return bool(helper)
+
+    assert wait_until(find, timeout=30), proc.stderr.read() if proc.poll() is not None and proc.stderr else ""
+    with open(f"/proc/{helper[0]}/status") as f:
+        status = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+    assert status["Seccomp"] == "2"
+    assert root_filesystem(str(helper[0])) == "tmpfs"
+    assert root_filesystem("self") != "tmpfs"        # the probe tells the host's root apart
 
 
 def test_missing_slirp4netns_is_a_clear_error_not_a_hang(tmp_path) -> None:

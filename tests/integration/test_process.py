@@ -123,6 +123,25 @@ def test_a_leftover_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path) 
     assert wait_until(lambda: not any(marker in cmd for cmd in live_processes().values()), timeout=5)
 
 
+def test_the_hosts_ipc_objects_are_invisible() -> None:
+    # A System V shared memory segment of ours on the host (made here, so the check is
+    # never vacuous): the sandbox's IPC namespace has none (ipc_namespaces(7)).
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ipc_private, ipc_creat, ipc_rmid = 0, 0o1000, 0
+    shmid = libc.shmget(ipc_private, 4096, ipc_creat | 0o600)
+    assert shmid >= 0, ctypes.get_errno()
+    try:
+        with open("/proc/sysvipc/shm") as f:
+            assert str(shmid) in [line.split()[1] for line in f.read().splitlines()[1:]]   # the positive control
+        r = run_rbox("run", "--", "cat", "/proc/sysvipc/shm")
+    finally:
+        libc.shmctl(shmid, ipc_rmid, None)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 1, r.stdout      # the header only
+
+
 def test_non_terminal_stdin_gets_a_new_session_without_a_terminal() -> None:
     r = run_rbox("run", *py("session"))
     assert r.returncode == 0, r.stderr
