@@ -146,4 +146,9 @@ def spawn():
     for proc in started:
         if proc.poll() is None:
             proc.kill()
-        proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        # Not communicate(): were a sandbox left running (the failure under test), it
+        # would hold these pipes open and the teardown would wait for it.
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()

@@ -139,3 +139,16 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool
 
 def alive(pid: int) -> bool:
     return pid in live_processes()
+
+
+def kill_all(pids: set[int]) -> None:
+    """SIGKILL whichever of `pids` (captured by a test from its own rbox) still run: a
+    failing leftover check must not leave the leftovers to the next test."""
+    import signal
+
+    for pid in pids:
+        if alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -27,7 +27,17 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import PAYLOAD, children, live_processes, py, rbox_env, run_rbox, wait_until
+from tests.integration.helpers import (
+    PAYLOAD,
+    children,
+    descendants,
+    kill_all,
+    live_processes,
+    py,
+    rbox_env,
+    run_rbox,
+    wait_until,
+)
 from tests.integration.privnet import SECRET, Services
 from tests.integration.test_identity import facts
 
@@ -207,9 +217,13 @@ def test_no_helper_is_left_after_exit_kill_or_sigkill_of_rbox(tmp_path, spawn, d
     assert wait_until(lambda: helpers_running() == [], timeout=10), helpers_running()
     proc = spawn("run", f"--net={driver}", "--", "sleep", "300", cwd=tmp_path)
     assert wait_until(lambda: len(helpers_running()) >= 1, timeout=30)
+    tree = descendants(proc.pid)
     proc.kill()
     proc.wait()
-    assert wait_until(lambda: helpers_running() == [], timeout=10), helpers_running()
+    try:
+        assert wait_until(lambda: helpers_running() == [], timeout=5), helpers_running()
+    finally:
+        kill_all(tree)
 
 
 def root_filesystem(pid: str) -> str:
