@@ -236,14 +236,12 @@ def test_slirp4netns_runs_confined(tmp_path, spawn) -> None:
     # --enable-sandbox: its own mount namespace whose root is an empty tmpfs (no host
     # files); --enable-seccomp: a seccomp filter (Seccomp: 2, filter mode). Read from the
     # kernel's view of the running helper (proc(5)), not from its command line.
-    proc = spawn("run", "--net=slirp4netns", "--", "sleep", "60", cwd=tmp_path)
-    helper: list[str] = []
-
-    def find() -> bool:
-        helper[:] = [pid for pid, cmd in children(proc.pid).items() if "slirp4netns" in cmd.split(" ", 1)[0]]
-        return bool(helper)
-
-    assert wait_until(find, timeout=30), proc.stderr.read() if proc.poll() is not None and proc.stderr else ""
+    # Once the command runs, slirp4netns has said it is ready, which it does after
+    # confining itself.
+    proc = spawn("run", "--net=slirp4netns", "--", "sh", "-c", "echo running; exec sleep 60", cwd=tmp_path)
+    assert proc.stdout is not None and proc.stdout.readline() == "running\n"
+    helper = [pid for pid, cmd in children(proc.pid).items() if "slirp4netns" in cmd.split(" ", 1)[0]]
+    assert len(helper) == 1, children(proc.pid)
     with open(f"/proc/{helper[0]}/status") as f:
         status = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
     assert status["Seccomp"] == "2"
