@@ -154,7 +154,8 @@ def baseline(tree: Path, env: dict[str, str], tests: list[str], deselect: list[s
     bad = [f"failed: {t}" for t in cases(report, "failure") + cases(report, "error")]
     bad += [f"skipped: {t}" for t in cases(report, "skipped")]
     if code != 0 and not bad:
-        bad.append(f"pytest exited with {code} (a test id that does not exist?)")
+        bad.append(f"pytest exited with {code}: " + ("no test ran (all of them deselected?)" if code == 5 else
+                                                    "a test id that does not exist?"))
     return bad
 
 
