@@ -70,6 +70,13 @@ def test_every_entry_is_an_option_of_some_command() -> None:
     assert sorted(set(documented()) - every) == []
 
 
+@pytest.mark.parametrize("command", [None, *options.COMMANDS])
+def test_help_lists_every_option_of_the_command(command: str | None) -> None:
+    listed = set(re.findall(r"^  (-[^ ,]*(?:, -[^ ,]*)*)", options.help_text(command), re.M))
+    names = {name for entry in listed for name in entry.split(", ")}
+    assert names == table(command)
+
+
 def test_every_command_is_in_the_man_page() -> None:
     text = MAN.read_text()
     for command in options.COMMANDS:
