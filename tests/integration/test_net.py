@@ -215,9 +215,14 @@ def test_no_helper_is_left_after_exit_kill_or_sigkill_of_rbox(tmp_path, spawn, d
     assert wait_until(lambda: helpers_running() == [], timeout=10), helpers_running()
     assert run_rbox("run", f"--net={driver}", *py("kill-self", "SIGKILL")).returncode == 137
     assert wait_until(lambda: helpers_running() == [], timeout=10), helpers_running()
-    proc = spawn("run", f"--net={driver}", "--", "sleep", "300", cwd=tmp_path)
-    assert wait_until(lambda: len(helpers_running()) >= 1, timeout=30)
+    # kill -9 once the command runs: the helper then serves the sandbox (before, the
+    # one running might be slirp4netns --help, asked for its features).
+    proc = spawn("run", f"--net={driver}", "--", "sh", "-c", "echo running; exec sleep 300", cwd=tmp_path)
+    assert proc.stdout is not None and proc.stdout.readline() == "running\n"
     tree = descendants(proc.pid)
+    serving = [cmd for pid, cmd in live_processes().items()
+               if pid in tree and ("--configure" in cmd.split() or "--config-net" in cmd.split())]
+    assert serving, {pid: live_processes().get(pid) for pid in tree}
     proc.kill()
     proc.wait()
     try:
