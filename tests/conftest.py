@@ -1,10 +1,13 @@
 """Test-suite rules.
 
 - Never as root: root would hide every rootless bug. RBOX_TEST_AS_ROOT=1 overrides.
-- Integration tests declare what the host must offer with markers (needs_userns,
-  needs_subuid). A missing capability skips the test with its reason (shown by -ra), unless
-  RBOX_TEST_REQUIRE names it: CI sets that, so on CI a missing capability fails instead
-  of quietly skipping (a skip reported as a pass is a defect).
+- Tests declare what the host must offer with markers (needs_userns, needs_subuid, ...;
+  one per name in PROBES). A missing capability skips the test with its reason (shown by
+  -ra), unless RBOX_TEST_REQUIRE names it: CI sets that, so on CI a missing capability
+  fails instead of quietly skipping (a skip reported as a pass is a defect). This is the
+  only place a test may skip: an inline `pytest.skip` would bypass RBOX_TEST_REQUIRE.
+- A name in RBOX_TEST_REQUIRE that no probe knows is an error: a typo would otherwise
+  silently stop requiring the feature.
 """
 
 from __future__ import annotations
@@ -24,6 +27,15 @@ def pytest_configure(config: pytest.Config) -> None:
     if os.geteuid() == 0 and os.environ.get("RBOX_TEST_AS_ROOT") != "1":
         pytest.exit("run the tests as an unprivileged user (root hides rootless bugs); "
                     "RBOX_TEST_AS_ROOT=1 overrides", returncode=4)
+    unknown = sorted(REQUIRED - set(PROBES))
+    if unknown:
+        pytest.exit(f"RBOX_TEST_REQUIRE names unknown capabilities: {', '.join(unknown)} "
+                    f"(known: {', '.join(PROBES)})", returncode=4)
+
+
+# Every capability a marker may name (`needs_NAME`, or `nosubid`), with what it checks.
+PROBES = ("userns", "subuid", "slirp4netns", "pasta", "dns_stub", "vm", "vm_broken", "tmux", "install", "nosubid",
+          "tiocsti", "zsh", "iproute2", "unprivileged")
 
 
 @functools.cache
@@ -72,10 +84,11 @@ def probe(name: str) -> str | None:
         if os.environ.get("RBOX_VM_PHASE") != "broken":
             return "only in the VM test bed's second phase (drop-in removed, user namespaces disabled)"
         return None
-    if name == "tmux":
+    if name in ("tmux", "zsh", "iproute2"):
         import shutil
 
-        return None if shutil.which("tmux") else "tmux is not installed (Debian package tmux)"
+        tool = "ip" if name == "iproute2" else name
+        return None if shutil.which(tool) else f"{tool} is not installed (Debian package {name})"
     if name == "install":
         from tests.integration.helpers import RBOX_SCRIPT
 
@@ -113,6 +126,17 @@ def probe(name: str) -> str | None:
         if userns.read_subids(userns.SUBUID, user, os.getuid()):
             return f"{user} has a subordinate uid range (run these as a user without one)"
         return None
+    if name == "tiocsti":
+        # The kernel's own policy, read independently of rbox: since Linux 6.2 the sysctl
+        # dev.tty.legacy_tiocsti=0 makes TIOCSTI fail for everyone without CAP_SYS_ADMIN.
+        try:
+            with open("/proc/sys/dev/tty/legacy_tiocsti") as f:
+                allowed = f.read().strip() != "0"
+        except FileNotFoundError:
+            allowed = True     # before 6.2: always allowed
+        return None if allowed else "this kernel refuses TIOCSTI to everyone (dev.tty.legacy_tiocsti=0)"
+    if name == "unprivileged":
+        return None if os.geteuid() != 0 else "running as root: permission checks pass for every file"
     raise ValueError(name)
 
 
@@ -150,4 +174,9 @@ def spawn():
     for proc in started:
         if proc.poll() is None:
             proc.kill()
-        proc.communicate(timeout=30)
+        proc.wait(timeout=30)
+        # Not communicate(): were a sandbox left running (the failure under test), it
+        # would hold these pipes open and the teardown would wait for it.
+        for stream in (proc.stdout, proc.stderr):
+            if stream is not None:
+                stream.close()

@@ -7,6 +7,7 @@ namespaces, signal mask and prctl state stay untouched.
 
 from __future__ import annotations
 
+import functools
 import os
 import subprocess
 import sys
@@ -47,35 +48,51 @@ def py(*code: str) -> list[str]:
     return ["--", sys.executable, PAYLOAD, *code]
 
 
-def our_uids() -> set[int] | None:
-    """Our uid and our subordinate uids: a helper that joined a sandbox's user namespace
-    as its root (slirp4netns --enable-sandbox) runs as one of the latter."""
+@functools.cache
+def our_uids() -> frozenset[int]:
+    """Our uid and our subordinate uids, read from /etc/subuid directly (not through
+    rbox's parser, which is under test): a helper that joined a sandbox's user namespace
+    as its root (slirp4netns), and every process of a --root sandbox, runs as one of the
+    latter on the host."""
     import pwd
 
-    from rootless import userns
-
     uid = os.getuid()
-    ranges = userns.read_subids(userns.SUBUID, pwd.getpwuid(uid).pw_name, uid)
-    return {uid} | {u for first, count in ranges for u in range(first, first + count)}
+    names = (pwd.getpwuid(uid).pw_name, str(uid))
+    owned = {uid}
+    try:
+        with open("/etc/subuid") as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        lines = []
+    for line in lines:
+        fields = line.strip().split(":")
+        if len(fields) == 3 and fields[0] in names and fields[1].isdigit() and fields[2].isdigit():
+            owned |= set(range(int(fields[1]), int(fields[1]) + int(fields[2])))
+    return frozenset(owned)
 
 
-def live_processes(owners: set[int] | None = None) -> dict[int, str]:
-    """pid -> cmdline of every live process owned by one of `owners` (default: our uid).
-    Zombies are left out: a zombie has already exited; reaping it is its parent's job,
-    here often the host's PID 1."""
-    owners = owners or {os.getuid()}
+def live_processes(owners: frozenset[int] | set[int] | None = None) -> dict[int, str]:
+    """pid -> cmdline of every live process owned by one of `owners` (default: all of
+    our uids, the subordinate ones included; see our_uids). Zombies are left out: a
+    zombie has already exited; reaping it is its parent's job, here often the host's PID 1.
+
+    The uids come from /proc/PID/status, not from the owner of /proc/PID: that is root
+    for a process that is not dumpable, as a helper may be after changing its ids."""
+    owners = owners or our_uids()
     found = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                state = f.read().rpartition(")")[2].split()[0]
-            if state in ("Z", "X") or os.stat(f"/proc/{entry}").st_uid not in owners:
+            with open(f"/proc/{entry}/status") as f:
+                status = dict(line.split(":", 1) for line in f.read().splitlines() if ":" in line)
+            if status["State"].split()[0] in ("Z", "X"):
+                continue
+            if not {int(u) for u in status["Uid"].split()} & owners:
                 continue
             with open(f"/proc/{entry}/cmdline", "rb") as f:
                 found[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace")
-        except (OSError, IndexError):
+        except (OSError, IndexError, KeyError, ValueError):
             continue
     return found
 
@@ -122,3 +139,16 @@ def wait_until(predicate, timeout: float = 10.0, interval: float = 0.02) -> bool
 
 def alive(pid: int) -> bool:
     return pid in live_processes()
+
+
+def kill_all(pids: set[int]) -> None:
+    """SIGKILL whichever of `pids` (captured by a test from its own rbox) still run: a
+    failing leftover check must not leave the leftovers to the next test."""
+    import signal
+
+    for pid in pids:
+        if alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -14,8 +14,15 @@ Actions:
   orphans N      start N grandchildren that outlive their parent (they sleep 0.2 s)
   zombies        list zombie processes (State: Z) in /proc
   trap SIG FILE  on SIG write the signal name to FILE and exit 7; print `ready`; wait
+  leftover FILE SEC [ignore]
+                 start a child that outlives us: on SIGTERM it takes SEC seconds to
+                 clean up, then writes FILE and exits (`ignore`: it notes the SIGTERM in
+                 FILE and carries on); print `leftover=ready` once it is armed
   sleep SEC      sleep
   loopback       listen on 127.0.0.1 and connect to it
+  connect PROTO:HOST:PORT...
+                 for each: connect (tcp) or send a datagram (udp), read the answer;
+                 prints `PROTO:HOST:PORT=` and `open ANSWER`, `timeout` (2 s) or the errno name
   netdevs        interfaces from /proc/net/dev
   env K          print the value of K or `<unset>`
   memhog MB      allocate and touch MB megabytes; print `allocated` if that worked
@@ -132,6 +139,31 @@ def do_trap(sig, path):
         time.sleep(1)
 
 
+def do_leftover(path, sec, mode="cleanup"):
+    r, w = os.pipe()
+    if os.fork() == 0:
+        os.close(r)
+
+        def on_term(signo, _frame):
+            if mode == "ignore":
+                with open(path, "a") as f:
+                    f.write("SIGTERM ignored\n")
+                return
+            time.sleep(float(sec))
+            with open(path, "w") as f:
+                f.write("cleaned up after SIGTERM")
+            os._exit(0)
+
+        signal.signal(signal.SIGTERM, on_term)
+        os.write(w, b"1")
+        os.close(w)
+        while True:
+            time.sleep(1)
+    os.close(w)
+    os.read(r, 1)
+    out("leftover", "ready")
+
+
 def do_sleep(sec):
     time.sleep(float(sec))
 
@@ -142,6 +174,23 @@ def do_loopback():
     server.listen(1)
     client = socket.create_connection(server.getsockname(), timeout=5)
     out("loopback", "ok" if client else "no")
+
+
+def do_connect(*specs):
+    for spec in specs:
+        proto, host, port = spec.split(":")
+        kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+        with socket.socket(socket.AF_INET, kind) as s:
+            s.settimeout(2)
+            try:
+                s.connect((host, int(port)))
+                if proto == "udp":
+                    s.send(b"ping")
+                out(spec, "open " + s.recv(64).decode())
+            except TimeoutError:
+                out(spec, "timeout")
+            except OSError as e:
+                out(spec, errno.errorcode.get(e.errno, e.errno))
 
 
 def do_netdevs():

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import uuid
+from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import py, run_rbox
+from tests.integration.helpers import PAYLOAD, py, run_rbox
 from tests.integration.test_identity import facts
 
 pytestmark = pytest.mark.needs_userns
@@ -60,21 +63,26 @@ def test_current_directory_is_writable_and_the_default_workdir(tmp_path) -> None
     assert (tmp_path / "out.txt").read_text() == "data\n"
 
 
-def test_tmp_is_private(tmp_path) -> None:
+@pytest.mark.parametrize("hidden", ["/tmp", "/var/tmp", "/run/lock"])
+def test_tmp_var_tmp_and_run_are_private(hidden: str) -> None:
+    # The host state the check needs is made here, not assumed: a file of ours in the
+    # host's directory (all three are world-writable, sticky), seen on the host first.
     name = f"rbox-private-{uuid.uuid4().hex}"
-    host_file = f"/tmp/{name}-host"
+    host_file = f"{hidden}/{name}-host"
     with open(host_file, "w") as f:
         f.write("host")
     try:
-        # Run from a directory outside /tmp so that the cwd bind does not expose it.
-        r = run_rbox("run", "--", "sh", "-c", f"ls /tmp; touch /tmp/{name}-inside; ls /var/tmp | wc -l",
-                     cwd="/")
+        assert os.path.exists(host_file)   # the positive control: the host shows it
+        # From `/`: the cwd bind must not expose the directory under test.
+        # (Not a listing of the host's directory: its names need not be UTF-8.)
+        r = run_rbox("run", "--", "sh", "-c", f"echo run: $(ls -A /run); test -e {host_file} && echo visible; "
+                     f"mkdir -p {hidden} && touch {hidden}/{name}-inside", cwd="/")
     finally:
         os.unlink(host_file)
+    # /run is a new tmpfs: only what rbox itself puts there; the host's file is not there.
+    assert r.stdout.splitlines() == ["run: rbox user"], r.stderr
     assert r.returncode == 0, r.stderr
-    assert f"{name}-host" not in r.stdout
-    assert r.stdout.splitlines()[-1] == "0"
-    assert not os.path.exists(f"/tmp/{name}-inside")
+    assert not os.path.exists(f"{hidden}/{name}-inside")
 
 
 def test_cwd_of_root_stays_read_only() -> None:
@@ -123,10 +131,13 @@ def test_hide_a_directory_and_a_file(tmp_path) -> None:
     (tmp_path / "d").mkdir()
     (tmp_path / "d" / "x").write_text("x")
     (tmp_path / "f").write_text("secret")
-    r = run_rbox("run", "--hide", "d", "--hide", "f", "--", "sh", "-c", "ls -A d | wc -l; wc -c < f",
-                 cwd=tmp_path)
+    r = run_rbox("run", "--hide", "d", "--hide", "f", "--", "sh", "-c", "ls -A d | wc -l; wc -c < f; "
+                 f"{sys.executable} {PAYLOAD} write d/new -- write f", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split() == ["0", "0"]
+    # Empty, read-only, and the host's files untouched. (f is /dev/null: writes vanish.)
+    assert r.stdout.split() == ["0", "0", "write=EROFS", "write=ok"]
+    assert (tmp_path / "f").read_text() == "secret"
+    assert sorted(os.listdir(tmp_path / "d")) == ["x"]
 
 
 @pytest.mark.parametrize(("mode", "expect"), [("rw", "ok"), ("tmpfs", "ok"), ("ro", "EROFS")])
@@ -153,13 +164,15 @@ def test_workdir_option(tmp_path) -> None:
 
 
 def test_minimal_dev() -> None:
-    r = run_rbox("run", "--", "sh", "-c", "ls /dev; echo x > /dev/null; head -c 4 /dev/urandom | wc -c; "
+    r = run_rbox("run", "--", "sh", "-c", "ls -A /dev; echo x > /dev/null; head -c 4 /dev/urandom | wc -c; "
                  "test -c /dev/pts/ptmx && echo pts", cwd="/")
     assert r.returncode == 0, r.stderr
-    names = set(r.stdout.split())
-    assert {"null", "zero", "full", "random", "urandom", "tty", "pts", "shm", "ptmx", "fd"} <= names
-    assert "sda" not in names and "vda" not in names and "kmsg" not in names
-    assert r.stdout.splitlines()[-2:] == ["4", "pts"]
+    *names, count, pts = r.stdout.split()
+    # Exactly these: nothing else of the host's /dev (which has more: /dev/net/tun at least).
+    assert sorted(names) == ["fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout",
+                             "tty", "urandom", "zero"]
+    assert set(os.listdir("/dev")) - set(names), "the host's /dev is no bigger: the check would be vacuous"
+    assert (count, pts) == ("4", "pts")
 
 
 def test_hostname_default_and_option() -> None:
@@ -233,9 +246,30 @@ def test_nothing_is_imported_after_pivot_root(tmp_path) -> None:
     assert late == []
 
 
-def test_dry_run_starts_nothing_even_with_a_network(tmp_path) -> None:
-    # A network would start slirp4netns: a dry run does not, it only prints. (A limit
-    # this host cannot enforce is refused by the dry run as by the real run: test_daily.)
-    r = run_rbox("run", "--dry-run", "--net=slirp4netns", "--", "true", cwd=tmp_path)
+def fake_helpers(tmp_path) -> tuple[str, Path]:
+    """A PATH with slirp4netns and pasta that note each start in `started`, then run
+    the real ones (so the positive control still works)."""
+    bindir, log = tmp_path / "fakebin", tmp_path / "started"
+    bindir.mkdir()
+    for tool in ("slirp4netns", "pasta"):
+        real = shutil.which(tool) or f"/usr/bin/{tool}"
+        (bindir / tool).write_text(f'#!/bin/sh\necho {tool} >> {log}\nexec {real} "$@"\n')
+        (bindir / tool).chmod(0o755)
+    return f"{bindir}:{os.environ['PATH']}", log
+
+
+@pytest.mark.parametrize("driver", [pytest.param("slirp4netns", marks=pytest.mark.needs_slirp4netns),
+                                    pytest.param("pasta", marks=pytest.mark.needs_pasta)])
+def test_dry_run_starts_no_network_helper_and_no_limits(tmp_path, driver: str) -> None:
+    path, log = fake_helpers(tmp_path)
+    # A dry run only prints. (A limit this host cannot enforce is refused by the dry run
+    # as by the real run, before any side effect: test_daily.)
+    r = run_rbox("run", "--dry-run", f"--net={driver}", "--", "true", cwd=tmp_path,
+                 env={"PATH": path})
     assert r.returncode == 0, r.stderr
-    assert r.stdout.startswith("id map (") and "slirp4netns" not in r.stderr
+    assert r.stdout.startswith("id map (")
+    assert not log.exists(), log.read_text()
+    # The positive control: the same PATH, without --dry-run, starts the fake helper.
+    r = run_rbox("run", f"--net={driver}", "--", "true", cwd=tmp_path, env={"PATH": path})
+    assert r.returncode == 0, r.stderr
+    assert driver in log.read_text().split()

@@ -9,7 +9,6 @@ import subprocess
 
 import pytest
 
-from rootless import userns
 from tests.integration.helpers import RBOX_SCRIPT, py, run_rbox
 
 pytestmark = pytest.mark.needs_userns
@@ -19,28 +18,44 @@ def facts(stdout: str) -> dict[str, str]:
     return dict(line.split("=", 1) for line in stdout.splitlines() if "=" in line)
 
 
-def map_text(extents: list[tuple[int, int, int]]) -> str:
-    return "|".join(f"{i} {o} {c}" for i, o, c in extents)
+def our_range(path: str) -> tuple[int, int]:
+    """(first, count) of our one subordinate range in `path`, read here, not through the
+    planner under test. useradd and rbox-add-subids give one range per user."""
+    user, uid = pwd.getpwuid(os.getuid()).pw_name, str(os.getuid())
+    with open(path) as f:
+        found = [(int(first), int(count)) for owner, first, count in
+                 (line.strip().split(":") for line in f if line.count(":") == 2) if owner in (user, uid)]
+    assert len(found) == 1, f"these tests expect one range for {user} in {path}: {found}"
+    return found[0]
 
 
-def planned(root: bool) -> userns.IdMapPlan:
-    user = pwd.getpwuid(os.getuid()).pw_name
-    return userns.plan_idmap(root, os.getuid(), os.getgid(), user, os.environ.get("PATH"), False,
-                             groups=os.getgroups())
+def expected_map(own: int, path: str, root: bool) -> str:
+    """The kernel's map, in payload.py's `inner outer count|...` form, written out by hand:
+    --root puts you at 0 and your range from 1 up; otherwise you keep your id and your
+    range fills the ids around it (rbox(1), the podman layouts)."""
+    first, count = our_range(path)
+    if root:
+        return f"0 {own} 1|1 {first} {count}"
+    if own < count:
+        return f"0 {first} {own}|{own} {own} 1|{own + 1} {first + own} {count - own}"
+    return f"0 {first} {count}|{own} {own} 1"
+
+
+def nested(text: str) -> str:
+    """The command's own map: its user namespace is nested in the one above and maps the
+    same inner ids onto themselves, one line per line above (the kernel maps a child's
+    line through a single line of its parent's)."""
+    return "|".join(f"{i} {i} {c}" for i, _, c in (line.split() for line in text.split("|")))
 
 
 @pytest.mark.needs_subuid
 @pytest.mark.parametrize("root", [False, True], ids=["own-id", "root"])
-def test_uid_map_is_the_planned_map(root: bool) -> None:
+def test_uid_and_gid_maps_are_the_documented_layout(root: bool) -> None:
     r = run_rbox("run", *(["--root"] if root else []), *py("ids"))
     assert r.returncode == 0, r.stderr
     f = facts(r.stdout)
-    plan = planned(root)
-    assert plan.mode == "subid"
-    # The command's user namespace is nested in the planned one and keeps its ids: its
-    # own map, read inside, is the identity over them (the host's ids: the chown test).
-    assert f["uid_map"] == map_text(plan.nested_uid_map) == map_text([(i, i, c) for i, _, c in plan.uid_map])
-    assert f["gid_map"] == map_text(plan.nested_gid_map) == map_text([(i, i, c) for i, _, c in plan.gid_map])
+    assert f["uid_map"] == nested(expected_map(os.getuid(), "/etc/subuid", root))
+    assert f["gid_map"] == nested(expected_map(os.getgid(), "/etc/subgid", root))
     assert f["uid"] == ("0" if root else str(os.getuid()))
     assert f["gid"] == ("0" if root else str(os.getgid()))
     # `allow` only when the caller has no supplementary group that dropping could lose.
@@ -62,10 +77,8 @@ def test_files_created_in_cwd_belong_to_the_caller(tmp_path, root: bool) -> None
 def test_root_can_chown_to_subordinate_ids(tmp_path) -> None:
     r = run_rbox("run", "--root", "--", "sh", "-c", "touch f && chown 1234:55 f", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
-    plan = planned(True)
     # Inner 1 is the first subordinate id, so inner 1234 is that plus 1233.
-    first_uid = plan.uid_map[1][1]
-    first_gid = plan.gid_map[1][1]
+    first_uid, first_gid = our_range("/etc/subuid")[0], our_range("/etc/subgid")[0]
     st = (tmp_path / "f").stat()
     assert (st.st_uid, st.st_gid) == (first_uid + 1233, first_gid + 54)
 

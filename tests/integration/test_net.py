@@ -3,12 +3,19 @@ suite idea: the same tests over every driver).
 
 Traffic never leaves the machine: servers listen on the host's 127.0.0.1, clients run in
 the sandbox's own network namespace, and 10.0.2.2 is probed without --allow-host-loopback
-only under slirp4netns, which answers it itself. (Under pasta without that option,
-10.0.2.2 is an ordinary address on the host's network: probing it would leave.)
+on the real host only under slirp4netns, which answers it itself. Under pasta without
+that option, 10.0.2.2 is an ordinary address on the host's network: there it is probed
+only from inside a private "host" network namespace whose one outbound interface leads
+nowhere (privnet.py), so the probe cannot leave.
+
+Isolation is asserted on what a probe from inside gets, with the exact outcome per
+backend, and each probe has a positive control (--allow-host-loopback) that reaches the
+same service, so a probe that could never succeed would be noticed.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -16,34 +23,35 @@ import sys
 import time
 import urllib.request
 import uuid
+from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import live_processes, our_uids, py, run_rbox, wait_until
+from tests.integration.helpers import (
+    PAYLOAD,
+    children,
+    descendants,
+    kill_all,
+    live_processes,
+    py,
+    rbox_env,
+    run_rbox,
+    wait_until,
+)
+from tests.integration.privnet import SECRET, Services
+from tests.integration.test_identity import facts
 
 pytestmark = pytest.mark.needs_userns
 DRIVERS = [pytest.param("slirp4netns", marks=pytest.mark.needs_slirp4netns),
            pytest.param("pasta", marks=pytest.mark.needs_pasta)]
 HELPER_NAMES = ("slirp4netns", "pasta", "passt", "passt.avx2")
+PRIVNET = str(Path(__file__).with_name("privnet.py"))
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-@pytest.fixture
-def host_server(tmp_path):
-    """An HTTP server on the host's 127.0.0.1 (a stand-in for another user's notebook)."""
-    port = free_port()
-    (tmp_path / "index.html").write_text("host-secret")
-    server = subprocess.Popen([sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1"],
-                              cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    assert wait_until(lambda: _get(f"http://127.0.0.1:{port}/") == "host-secret", timeout=10)
-    yield port
-    server.kill()
-    server.wait()
 
 
 def _get(url: str) -> str | None:
@@ -55,17 +63,8 @@ def _get(url: str) -> str | None:
 
 
 def helpers_running() -> list[str]:
-    return [cmd for cmd in live_processes(our_uids()).values()
+    return [cmd for cmd in live_processes().values()
             if os.path.basename(cmd.split(" ", 1)[0]) in HELPER_NAMES or " rbox-pasta " in cmd]
-
-
-CONNECT = ("import socket, sys\n"
-           "for host, port in [a.rsplit(':', 1) for a in sys.argv[1:]]:\n"
-           "    s = socket.socket(); s.settimeout(3)\n"
-           "    try:\n"
-           "        s.connect((host, int(port))); print(host, 'open')\n"
-           "    except OSError as e:\n"
-           "        print(host, 'closed', type(e).__name__)\n")
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -85,30 +84,77 @@ def test_interface_address_gateway_and_dns_config(driver: str) -> None:
     assert lines[3:] == ["nameserver 10.0.2.3", "10.0.2.100\tnetbox"]
 
 
+@pytest.fixture
+def services():
+    found = Services()
+    yield found
+    found.close()
+
+
 @pytest.mark.needs_slirp4netns
-def test_host_loopback_is_unreachable_by_default_with_slirp4netns(host_server: int) -> None:
-    start = time.monotonic()
-    r = run_rbox("run", "--", sys.executable, "-c", CONNECT, f"10.0.2.2:{host_server}", f"10.0.2.3:{host_server}",
-                 f"127.0.0.1:{host_server}")
+def test_host_loopback_is_refused_by_default_with_slirp4netns(services: Services) -> None:
+    # slirp4netns answers for 10.0.2.2 and 10.0.2.3 itself: with --disable-host-loopback
+    # it rejects connections meant for the host's loopback (ICMP net unreachable); the
+    # sandbox's own 127.0.0.1 has nothing listening (RST).
+    probes = [f"tcp:10.0.2.2:{services.tcp}", f"tcp:10.0.2.3:{services.tcp}", f"tcp:127.0.0.1:{services.tcp}",
+              f"udp:127.0.0.1:{services.udp}"]
+    r = run_rbox("run", "--net=slirp4netns", *py("connect", *probes))
     assert r.returncode == 0, r.stderr
-    assert [line.split()[1] for line in r.stdout.splitlines()] == ["closed", "closed", "closed"]
-    assert time.monotonic() - start < 20
+    expected = ["ENETUNREACH", "ENETUNREACH", "ECONNREFUSED", "ECONNREFUSED"]
+    assert facts(r.stdout) == dict(zip(probes, expected, strict=True))
 
 
 @pytest.mark.needs_pasta
-def test_host_ports_are_not_forwarded_into_the_sandbox_with_pasta(host_server: int) -> None:
-    # pasta's default `-T auto` would make the host's 127.0.0.1 ports appear inside.
-    r = run_rbox("run", "--net=pasta", "--", sys.executable, "-c", CONNECT, f"127.0.0.1:{host_server}")
+def test_host_loopback_ports_are_not_forwarded_into_the_sandbox_with_pasta(services: Services) -> None:
+    # pasta's default `-T auto -U auto` would make the host's 127.0.0.1 ports appear on
+    # the sandbox's 127.0.0.1. With `none`, nothing listens there: RST for TCP, ICMP
+    # port unreachable for UDP. (10.0.2.2 is probed in the private network below.)
+    probes = [f"tcp:127.0.0.1:{services.tcp}", f"udp:127.0.0.1:{services.udp}"]
+    r = run_rbox("run", "--net=pasta", *py("connect", *probes))
     assert r.returncode == 0, r.stderr
-    assert r.stdout.split()[1] == "closed"
+    assert facts(r.stdout) == dict(zip(probes, ["ECONNREFUSED", "ECONNREFUSED"], strict=True))
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
-def test_allow_host_loopback_reaches_the_host_at_10_0_2_2(host_server: int, driver: str) -> None:
-    fetch = f"import urllib.request; print(urllib.request.urlopen('http://10.0.2.2:{host_server}/', timeout=5).read())"
-    r = run_rbox("run", f"--net={driver}", "--allow-host-loopback", "--", sys.executable, "-c", fetch)
+def test_allow_host_loopback_reaches_the_host_at_10_0_2_2(services: Services, driver: str) -> None:
+    probe = f"tcp:10.0.2.2:{services.tcp}"
+    r = run_rbox("run", f"--net={driver}", "--allow-host-loopback", *py("connect", probe))
     assert r.returncode == 0, r.stderr
-    assert r.stdout.strip() == "b'host-secret'"
+    assert facts(r.stdout) == {probe: f"open {SECRET}"}
+
+
+def in_private_host_network(*args: str) -> tuple[int, dict[str, str], str]:
+    """rbox ARGS run inside a user and network namespace of the test's own, with the
+    services on that namespace's 127.0.0.1 (privnet.py): (returncode, facts, stderr)."""
+    r = subprocess.run(["unshare", "-Urn", sys.executable, PRIVNET, *args], env=rbox_env(None),
+                       capture_output=True, text=True, timeout=90, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    result = json.loads(r.stdout)
+    return result["returncode"], facts(result["stdout"]), result["stderr"]
+
+
+# Outcomes of a probe of the host's loopback at 10.0.2.2, per backend, in the private
+# network. Without the option, slirp4netns refuses it itself (ENETUNREACH); pasta treats
+# 10.0.2.2 as a real address and sends the connection out of the private namespace's
+# only interface, which leads nowhere, so it times out (on a real host: it would leave).
+GATEWAY_PROBES = [
+    pytest.param("slirp4netns", False, "ENETUNREACH", marks=[pytest.mark.needs_slirp4netns]),
+    pytest.param("slirp4netns", True, f"open {SECRET}", marks=[pytest.mark.needs_slirp4netns]),
+    pytest.param("pasta", False, "timeout", marks=[pytest.mark.needs_pasta]),
+    pytest.param("pasta", True, f"open {SECRET}", marks=[pytest.mark.needs_pasta]),
+]
+
+
+@pytest.mark.needs_iproute2
+@pytest.mark.parametrize(("driver", "allow", "expected"), GATEWAY_PROBES)
+def test_the_gateway_reaches_the_host_loopback_only_when_allowed(driver: str, allow: bool, expected: str) -> None:
+    # --root: in the private user namespace the caller is its uid 0 with no subordinate
+    # ids; rbox maps that one id (with a warning).
+    options = ["--allow-host-loopback"] if allow else []
+    code, found, err = in_private_host_network("run", "--root", f"--net={driver}", *options, "--", sys.executable,
+                                               PAYLOAD, "connect", "tcp:10.0.2.2:{tcp}", "tcp:127.0.0.1:{tcp}")
+    assert code == 0, err
+    assert list(found.values()) == [expected, "ECONNREFUSED"], found
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
@@ -145,12 +191,8 @@ def test_names_resolve_through_a_loopback_stub_resolver(driver: str) -> None:
     assert r.stdout.split() == ["198.51.100.7", "rbox-test.internal"]
 
 
-@pytest.mark.parametrize("net", ["slirp4netns", "pasta", "none"])
+@pytest.mark.parametrize("net", [*DRIVERS, "none"])
 def test_abstract_unix_sockets_of_the_host_are_unreachable(net: str) -> None:
-    from tests.conftest import probe
-
-    if net in ("slirp4netns", "pasta") and probe(net) is not None:
-        pytest.skip(probe(net) or "")
     name = f"rbox-test-{uuid.uuid4().hex}"
     with socket.socket(socket.AF_UNIX) as listener:
         listener.bind("\0" + name)
@@ -173,11 +215,43 @@ def test_no_helper_is_left_after_exit_kill_or_sigkill_of_rbox(tmp_path, spawn, d
     assert wait_until(lambda: helpers_running() == [], timeout=10), helpers_running()
     assert run_rbox("run", f"--net={driver}", *py("kill-self", "SIGKILL")).returncode == 137
     assert wait_until(lambda: helpers_running() == [], timeout=10), helpers_running()
-    proc = spawn("run", f"--net={driver}", "--", "sleep", "300", cwd=tmp_path)
-    assert wait_until(lambda: len(helpers_running()) >= 1, timeout=30)
+    # kill -9 once the command runs: the helper then serves the sandbox (before, the
+    # one running might be slirp4netns --help, asked for its features).
+    proc = spawn("run", f"--net={driver}", "--", "sh", "-c", "echo running; exec sleep 300", cwd=tmp_path)
+    assert proc.stdout is not None and proc.stdout.readline() == "running\n"
+    tree = descendants(proc.pid)
+    serving = [cmd for pid, cmd in live_processes().items()
+               if pid in tree and ("--configure" in cmd.split() or "--config-net" in cmd.split())]
+    assert serving, {pid: live_processes().get(pid) for pid in tree}
     proc.kill()
     proc.wait()
-    assert wait_until(lambda: helpers_running() == [], timeout=10), helpers_running()
+    try:
+        assert wait_until(lambda: helpers_running() == [], timeout=5), helpers_running()
+    finally:
+        kill_all(tree)
+
+
+def root_filesystem(pid: str) -> str:
+    with open(f"/proc/{pid}/mountinfo") as f:
+        return next(line.split(" - ")[1].split()[0] for line in f if line.split()[4] == "/")
+
+
+@pytest.mark.needs_slirp4netns
+def test_slirp4netns_runs_confined(tmp_path, spawn) -> None:
+    # --enable-sandbox: its own mount namespace whose root is an empty tmpfs (no host
+    # files); --enable-seccomp: a seccomp filter (Seccomp: 2, filter mode). Read from the
+    # kernel's view of the running helper (proc(5)), not from its command line.
+    # Once the command runs, slirp4netns has said it is ready, which it does after
+    # confining itself.
+    proc = spawn("run", "--net=slirp4netns", "--", "sh", "-c", "echo running; exec sleep 60", cwd=tmp_path)
+    assert proc.stdout is not None and proc.stdout.readline() == "running\n"
+    helper = [pid for pid, cmd in children(proc.pid).items() if "slirp4netns" in cmd.split(" ", 1)[0]]
+    assert len(helper) == 1, children(proc.pid)
+    with open(f"/proc/{helper[0]}/status") as f:
+        status = dict(line.split(":\t", 1) for line in f.read().splitlines() if ":\t" in line)
+    assert status["Seccomp"] == "2"
+    assert root_filesystem(str(helper[0])) == "tmpfs"
+    assert root_filesystem("self") != "tmpfs"        # the probe tells the host's root apart
 
 
 def test_missing_slirp4netns_is_a_clear_error_not_a_hang(tmp_path) -> None:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import alive, descendants, live_processes, py, run_rbox, wait_until
+from tests.integration.helpers import alive, descendants, kill_all, live_processes, py, run_rbox, wait_until
 from tests.integration.test_identity import facts
 
 pytestmark = pytest.mark.needs_userns
@@ -61,18 +63,86 @@ def test_kill_9_of_rbox_leaves_no_process_behind(tmp_path, spawn) -> None:
     assert len(tree) >= 4  # stage-1, init, sh, two sleeps
     proc.kill()
     proc.wait(timeout=10)
-    assert wait_until(lambda: not any(alive(p) for p in tree), timeout=10), \
-        {p: live_processes().get(p) for p in tree if alive(p)}
+    try:
+        assert wait_until(lambda: not any(alive(p) for p in tree), timeout=5), \
+            {p: live_processes().get(p) for p in tree if alive(p)}
+    finally:
+        kill_all(tree)
 
 
-def test_sigterm_during_setup_leaves_nothing(tmp_path, spawn) -> None:
-    proc = spawn("run", "--", "sleep", "30", cwd=tmp_path)
-    time.sleep(0.005)
+def slow_newgidmap(tmp_path) -> tuple[str, Path, Path]:
+    """A PATH whose newgidmap stops rbox at a known point of its set-up: stage-1 exists
+    and waits in its new user namespace, the parent waits for the id maps (signals
+    blocked, read from its signalfd later), init does not exist yet. The wrapper
+    touches `started`, waits for `go`, then runs the real, setuid newgidmap."""
+    real = shutil.which("newgidmap")
+    assert real, "newgidmap is part of the subuid capability"
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    started, go = tmp_path / "started", tmp_path / "go"
+    wrapper = bindir / "newgidmap"
+    wrapper.write_text(f"#!/bin/sh\ntouch {started}\nwhile [ ! -e {go} ]; do sleep 0.01; done\nexec {real} \"$@\"\n")
+    wrapper.chmod(0o755)
+    return f"{bindir}:{os.environ['PATH']}", started, go
+
+
+@pytest.mark.needs_subuid
+def test_sigterm_during_setup_exits_143_and_leaves_nothing(tmp_path, spawn) -> None:
+    path, started, go = slow_newgidmap(tmp_path)
+    proc = spawn("run", "--net=none", "--", "sh", "-c", "echo ran > ran", cwd=tmp_path, env={"PATH": path})
+    assert wait_until(started.exists, timeout=20), proc.stderr.read() if proc.poll() is not None else "no start"
     tree = descendants(proc.pid)
+    assert len(tree) >= 2, tree       # stage-1 and the id-map helper: set-up is under way
     proc.terminate()
-    proc.communicate(timeout=30)
-    assert proc.returncode in (143, -15)
-    assert wait_until(lambda: not any(alive(p) for p in tree | descendants(proc.pid)), timeout=10)
+    go.touch()
+    try:
+        _, err = proc.communicate(timeout=10)
+        # 128 + SIGTERM, from rbox's own handling: a default-action death would be -15.
+        assert proc.returncode == 143, err
+        assert not (tmp_path / "ran").exists(), "the command ran although set-up was interrupted"
+        assert wait_until(lambda: not any(alive(p) for p in tree), timeout=5), \
+            {p: live_processes().get(p) for p in tree if alive(p)}
+    finally:
+        kill_all(tree | descendants(proc.pid))
+
+
+def test_leftovers_get_sigterm_and_a_grace_period_to_clean_up(tmp_path) -> None:
+    # The leftover needs half a second after SIGTERM: within PID 1's grace period. Had
+    # PID 1 not sent SIGTERM, the kernel's SIGKILL at namespace teardown would give it none.
+    r = run_rbox("run", *py("leftover", "cleanup-log", "0.5"), cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "leftover=ready\n"
+    assert (tmp_path / "cleanup-log").read_text() == "cleaned up after SIGTERM"
+
+
+def test_a_leftover_ignoring_sigterm_is_killed_after_the_grace_period(tmp_path) -> None:
+    marker = f"{uuid.uuid4().int % 10**6 + 300}.5"
+    start = time.monotonic()
+    r = run_rbox("run", *py("leftover", "term-log", marker, "ignore"), cwd=tmp_path)
+    elapsed = time.monotonic() - start
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "term-log").read_text() == "SIGTERM ignored\n"
+    assert 2.0 <= elapsed < 10, elapsed      # the 2 s grace (init.LEFTOVER_GRACE), then no more
+    assert wait_until(lambda: not any(marker in cmd for cmd in live_processes().values()), timeout=5)
+
+
+def test_the_hosts_ipc_objects_are_invisible() -> None:
+    # A System V shared memory segment of ours on the host (made here, so the check is
+    # never vacuous): the sandbox's IPC namespace has none (ipc_namespaces(7)).
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    ipc_private, ipc_creat, ipc_rmid = 0, 0o1000, 0
+    shmid = libc.shmget(ipc_private, 4096, ipc_creat | 0o600)
+    assert shmid >= 0, ctypes.get_errno()
+    try:
+        with open("/proc/sysvipc/shm") as f:
+            assert str(shmid) in [line.split()[1] for line in f.read().splitlines()[1:]]   # the positive control
+        r = run_rbox("run", "--", "cat", "/proc/sysvipc/shm")
+    finally:
+        libc.shmctl(shmid, ipc_rmid, None)
+    assert r.returncode == 0, r.stderr
+    assert len(r.stdout.splitlines()) == 1, r.stdout      # the header only
 
 
 def test_non_terminal_stdin_gets_a_new_session_without_a_terminal() -> None:

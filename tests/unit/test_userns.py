@@ -71,18 +71,40 @@ def test_helper_argv_is_pid_then_triples() -> None:
 
 @pytest.fixture
 def host(fs):
-    fs.create_file("/etc/subuid", contents="alice:100000:65536\n")
-    fs.create_file("/etc/subgid", contents="alice:100000:65536\n")
+    # Distinct uid and gid, distinct subordinate uid and gid ranges (and another user's
+    # lines around them): a map built from the wrong file or id shows.
+    fs.create_file("/etc/subuid", contents="bob:100000:65536\nalice:200000:65536\n")
+    fs.create_file("/etc/subgid", contents="alice:500000:4000\nbob:200000:65536\n")
     for tool in ("newuidmap", "newgidmap"):
         fs.create_file(f"/usr/bin/{tool}", st_mode=0o104755)
     return fs
 
 
-def test_plan_uses_the_helpers_when_everything_is_there(host) -> None:
-    plan = userns.plan_idmap(True, 1000, 1000, "alice", "/usr/bin", nnp=False)
-    assert plan.mode == "subid"
-    assert plan.newuidmap == "/usr/bin/newuidmap"
-    assert plan.uid_map == [(0, 1000, 1), (1, 100000, 65536)]
+def test_plan_for_root_with_distinct_uid_and_gid_ranges(host) -> None:
+    plan = userns.plan_idmap(True, 1000, 1001, "alice", "/usr/bin", nnp=False)
+    assert (plan.mode, plan.newuidmap, plan.newgidmap) == ("subid", "/usr/bin/newuidmap", "/usr/bin/newgidmap")
+    assert plan.uid_map == [(0, 1000, 1), (1, 200000, 65536)]
+    assert plan.gid_map == [(0, 1001, 1), (1, 500000, 4000)]
+    assert plan.nested is None
+
+
+def test_plan_for_your_own_ids_with_distinct_uid_and_gid_ranges(host) -> None:
+    plan = userns.plan_idmap(False, 1000, 1001, "alice", "/usr/bin", nnp=False)
+    assert plan.uid_map == [(0, 200000, 1000), (1000, 1000, 1), (1001, 201000, 64536)]
+    assert plan.gid_map == [(0, 500000, 1001), (1001, 1001, 1), (1002, 501001, 2999)]
+
+
+def test_apply_runs_newgidmap_then_newuidmap_with_the_literal_maps(tmp_path) -> None:
+    # Stand-ins for the setuid helpers that record how they were called.
+    calls = tmp_path / "calls"
+    for tool in ("newuidmap", "newgidmap"):
+        (tmp_path / tool).write_text(f'#!/bin/sh\necho {tool} "$@" >> {calls}\n')
+        (tmp_path / tool).chmod(0o755)
+    plan = userns.IdMapPlan("subid", [(0, 1000, 1), (1, 200000, 65536)], [(0, 1001, 1), (1, 500000, 4000)],
+                            newuidmap=str(tmp_path / "newuidmap"), newgidmap=str(tmp_path / "newgidmap"))
+    userns.apply_idmap(plan, 4242)
+    assert calls.read_text().splitlines() == ["newgidmap 4242 0 1001 1 1 500000 4000",
+                                              "newuidmap 4242 0 1000 1 1 200000 65536"]
 
 
 @pytest.mark.parametrize(("change", "reason"), [

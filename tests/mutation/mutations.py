@@ -1,0 +1,265 @@
+"""The mutations tests/mutation/run.py applies, one at a time: each breaks one safety
+claim on purpose, and names the tests that must then fail.
+
+Adding one is one entry:
+
+    M("what the break would let a hostile command do",
+      "rootless/FILE.py", "the original text (exactly once in the file)", "the broken text",
+      FS + "test_that_catches_it"),
+
+`also=[(file, original, broken), ...]` adds edits made at the same time (a generator and
+the file it generates, say). Name a test by its pytest node id; a parametrized one by
+its full id (`test_x[pasta]`) to run only that case. The original text must occur exactly
+once: if the code changes under it, the check fails, and the entry is brought up to date.
+
+Not yet here, to be added when the work on them is merged: the nested user namespace
+(init.enter_nested_userns), setgroups `deny` (userns.apply_idmap, single-id plan),
+closing inherited fds, the keyring, the cwd policy, the helpers' state directory.
+Left out on purpose: mutants the kernel makes equivalent (MS_SLAVE on `/`: a mount
+namespace made in a less privileged user namespace turns shared mounts into slaves
+anyway, mount_namespaces(7)); slirp4netns's kill at the end (its --exit-fd ends it too,
+which is covered below).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+FS = "tests/integration/test_filesystem.py::"
+PROC = "tests/integration/test_process.py::"
+NET = "tests/integration/test_net.py::"
+IDS = "tests/integration/test_identity.py::"
+CHECK = "tests/integration/test_check.py::"
+TERM = "tests/integration/test_terminal.py::"
+LIMITS = "tests/integration/test_limits_refused.py::"
+U_USERNS = "tests/unit/test_userns.py::"
+U_NET = "tests/unit/test_net.py::"
+U_MAN = "tests/unit/test_manpage.py::"
+U_COMPLETION = "tests/unit/test_completion.py::"
+
+
+class Mutation:
+    def __init__(self, name: str, file: str, original: str, broken: str, *tests: str,
+                 also: tuple[tuple[str, str, str], ...] = ()):
+        assert tests, f"{name}: no test named"
+        self.name, self.file, self.original, self.broken, self.tests = name, file, original, broken, tests
+        self.edits = ((file, original, broken), *also)
+
+    def check(self, tree: Path) -> list[str]:
+        """What keeps this mutation from applying to `tree` (nothing when it applies)."""
+        problems = []
+        for file, original, _ in self.edits:
+            path = tree / file
+            found = path.read_text().count(original) if path.exists() else 0
+            if found != 1:
+                problems.append(f"{self.name}: {file} has {found} copies of {original.strip()[:80]!r} (want 1)")
+        return problems
+
+    def apply(self, tree: Path) -> dict[Path, str]:
+        """Make the edits; the files' texts before them, for undo()."""
+        before: dict[Path, str] = {}
+        for file, original, broken in self.edits:
+            path = tree / file
+            before.setdefault(path, path.read_text())
+            _write(path, path.read_text().replace(original, broken, 1))
+        return before
+
+    @staticmethod
+    def undo(before: dict[Path, str]) -> None:
+        for path, text in before.items():
+            _write(path, text)
+
+
+def _write(path: Path, text: str) -> None:
+    """Write `text`, and make sure no stale compiled copy of the old text is used:
+    a .pyc is checked against the source's mtime in whole seconds and its size, and a
+    mutant and its undo can match in both."""
+    before = path.stat().st_mtime_ns
+    path.write_text(text)
+    os.utime(path, ns=(before + 2_000_000_000, before + 2_000_000_000))
+    for stale in path.parent.joinpath("__pycache__").glob(f"{path.stem}.*.pyc"):
+        stale.unlink()
+
+
+M = Mutation
+MUTATIONS = [
+    # --- the read-only host, the private and hidden places (mounts.py, syscalls.py, rootfs.py)
+    M("the host's root stays writable",
+      "rootless/mounts.py", "        make_readonly(newroot, oldroot)\n", "",
+      FS + "test_writes_to_the_host_root_fail_with_erofs"),
+    M("--ro-bind binds read-write",
+      "rootless/mounts.py", "            make_readonly(dst, oldroot)\n", "            pass\n",
+      FS + "test_bind_and_ro_bind"),
+    M("mount_setattr sets no read-only attribute",
+      "rootless/syscalls.py", "attr = _MountAttr(MOUNT_ATTR_RDONLY, 0, 0, 0)", "attr = _MountAttr(0, 0, 0, 0)",
+      FS + "test_every_host_mount_is_read_only[mount_setattr]"),
+    M("mount_setattr leaves the host's submounts writable",
+      "rootless/syscalls.py", "AT_FDCWD, _b(path), AT_RECURSIVE,", "AT_FDCWD, _b(path), 0,",
+      FS + "test_every_host_mount_is_read_only[mount_setattr]"),
+    M("the pre-5.12 fallback remounts without MS_RDONLY",
+      "rootless/mounts.py", "sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | keep", "sc.MS_REMOUNT | sc.MS_BIND | keep",
+      FS + "test_every_host_mount_is_read_only[remount-each]"),
+    M("the pre-5.12 fallback remounts only the top mount",
+      "rootless/mounts.py", 'if point == path or point.startswith(path.rstrip("/") + "/"):', "if point == path:",
+      FS + "test_every_host_mount_is_read_only[remount-each]"),
+    M("the host's /tmp is shared",
+      "rootless/mounts.py", 'Tmpfs("/tmp", "1777"), ', "",
+      FS + "test_tmp_var_tmp_and_run_are_private[/tmp]"),
+    M("the host's /var/tmp is shared",
+      "rootless/mounts.py", 'Tmpfs("/var/tmp", "1777"), ', "",
+      FS + "test_tmp_var_tmp_and_run_are_private[/var/tmp]"),
+    M("the host's /run is shared",
+      "rootless/mounts.py", 'Tmpfs("/run", "0755"),', "",
+      FS + "test_tmp_var_tmp_and_run_are_private[/run/lock]"),
+    M("--hide leaves the directory writable",
+      "rootless/mounts.py", "(sc.MS_RDONLY if self.ro else 0)", "0",
+      FS + "test_hide_a_directory_and_a_file"),
+    M("--hide shows the directory",
+      "rootless/mounts.py", '            Tmpfs(self.dst, "0755", ro=True).apply(oldroot, newroot)\n',
+      "            pass\n",
+      FS + "test_hide_a_directory_and_a_file"),
+    M("--hide shows the file",
+      "rootless/mounts.py", '_mount(oldroot + "/dev/null", dst,', "_mount(oldroot + self.dst, dst,",
+      FS + "test_hide_a_directory_and_a_file"),
+    M("--tmpfs is ignored",
+      "rootless/mounts.py", '            ops.append(Tmpfs(m.dst, "0755"))\n', "            pass\n",
+      FS + "test_tmpfs_option"),
+    M("--home=tmpfs shows the real home",
+      "rootless/mounts.py", '        ops.append(Tmpfs(spec.home, "0700"))\n', "        pass\n",
+      FS + "test_home_modes[tmpfs-ok]"),
+    M("the host's /proc instead of the sandbox's",
+      "rootless/mounts.py", '_mount("proc", newroot + "/proc", "proc", sc.MS_NOSUID | sc.MS_NODEV | sc.MS_NOEXEC,',
+      '_mount(oldroot + "/proc", newroot + "/proc", None, sc.MS_BIND | sc.MS_REC,',
+      PROC + "test_command_is_pid_2_and_proc_shows_only_the_sandbox"),
+    M("a host device in the sandbox's /dev",
+      "rootless/mounts.py", '"urandom", "tty")', '"urandom", "tty", "console")',
+      FS + "test_minimal_dev"),
+    M("mounts in the wrong order: a parent's tmpfs covers its children",
+      "rootless/mounts.py", "key=lambda op: depth(op.dst))", "key=lambda op: -depth(op.dst))",
+      FS + "test_current_directory_is_writable_and_the_default_workdir"),
+    M("the writable workspace stays mounted over the new root after pivot_root",
+      "rootless/rootfs.py", '        sc.umount2(".", sc.MNT_DETACH)\n', "",
+      FS + "test_every_host_mount_is_read_only[mount_setattr]"),
+
+    # --- namespaces, privileges, the command's session (stage1.py, payload.py, syscalls.py)
+    M("--net=none shares the host's network namespace",
+      "rootless/stage1.py", '    if spec.net != "host":\n', "    if False:\n",
+      FS + "test_net_none_has_only_loopback_and_it_is_up"),
+    M("the host's IPC namespace is shared",
+      "rootless/stage1.py", "sc.CLONE_NEWUTS | sc.CLONE_NEWIPC | sc.CLONE_NEWCGROUP",
+      "sc.CLONE_NEWUTS | sc.CLONE_NEWCGROUP",
+      PROC + "test_the_hosts_ipc_objects_are_invisible"),
+    M("the capability bounding set is kept",
+      "rootless/syscalls.py", "    for cap in range(last + 1):\n", "    for cap in range(0):\n",
+      PROC + "test_no_new_privs_and_no_capabilities_in_the_default_identity"),
+    M("no NO_NEW_PRIVS: setuid binaries inside gain privileges",
+      "rootless/payload.py", "    sc.set_no_new_privs()\n", "    pass\n",
+      PROC + "test_no_new_privs_and_no_capabilities_in_the_default_identity",
+      PROC + "test_no_new_privs_with_root_identity_too"),
+    M("the command shares rbox's session and controlling terminal (TIOCSTI)",
+      "rootless/payload.py", "setsid=True,", "setsid=False,",
+      PROC + "test_non_terminal_stdin_gets_a_new_session_without_a_terminal",
+      TERM + "test_tiocsti_inside_cannot_type_into_the_callers_terminal[no-tty]"),
+
+    # --- nothing outlives rbox: death signals, set-up signals, PID 1 (stage1.py, init.py, parent.py)
+    M("stage-1 has no death signal: kill -9 of rbox leaves the sandbox running",
+      "rootless/stage1.py", "    sc.set_pdeathsig(signal.SIGKILL)\n    if os.getppid()", "    if os.getppid()",
+      PROC + "test_kill_9_of_rbox_leaves_no_process_behind"),
+    M("PID 1 has no death signal: it outlives stage-1",
+      "rootless/init.py", "    sc.set_pdeathsig(signal.SIGKILL)           #", "    #",
+      PROC + "test_kill_9_of_rbox_leaves_no_process_behind"),
+    M("signals are not blocked during set-up: SIGTERM kills rbox outright",
+      "rootless/parent.py", "    block(FORWARDED)\n    sigfd = signalfd(FORWARDED)", "    sigfd = signalfd(FORWARDED)",
+      PROC + "test_sigterm_during_setup_exits_143_and_leaves_nothing"),
+    M("SIGTERM during set-up is ignored: the command runs anyway",
+      "rootless/parent.py", "            if signo in TERMINATING:\n                raise Interrupted(signo)\n", "",
+      PROC + "test_sigterm_during_setup_exits_143_and_leaves_nothing"),
+    M("an interrupted set-up leaves stage-1 running",
+      "rootless/parent.py", "                os.kill(self.stage1, signal.SIGKILL)\n", "                pass\n",
+      PROC + "test_sigterm_during_setup_exits_143_and_leaves_nothing"),
+    M("PID 1 leaves the leftovers to the kernel's SIGKILL",
+      "rootless/init.py", "    kill_leftovers()\n    return code", "    return code",
+      PROC + "test_leftovers_get_sigterm_and_a_grace_period_to_clean_up"),
+    M("PID 1 gives leftovers no grace period",
+      "rootless/init.py", "LEFTOVER_GRACE = 2.0", "LEFTOVER_GRACE = 0.0",
+      PROC + "test_leftovers_get_sigterm_and_a_grace_period_to_clean_up"),
+    M("PID 1 reaps only the command: orphans stay zombies",
+      "rootless/init.py", "os.waitpid(-1, os.WNOHANG | (os.WUNTRACED if chan else 0))",
+      "os.waitpid(command, os.WNOHANG | (os.WUNTRACED if chan else 0))",
+      PROC + "test_orphans_are_reaped_by_pid_1"),
+
+    # --- --dry-run (parent.py)
+    M("--dry-run starts the network helper",
+      "rootless/parent.py", "    if spec.dry_run:\n", "    if spec.dry_run and (make_driver(spec) or True):\n",
+      FS + "test_dry_run_starts_no_network_helper_and_no_limits[slirp4netns]"),
+    M("--dry-run runs the command",
+      "rootless/parent.py", "    if spec.dry_run:\n", "    if False:\n",
+      FS + "test_dry_run_prints_the_plan_and_runs_nothing"),
+
+    # --- the network helpers (net/slirp.py, net/pasta.py, net/ports.py)
+    M("slirp4netns lets the sandbox reach the host's loopback",
+      "rootless/net/slirp.py", '        argv.append("--disable-host-loopback")\n', "        pass\n",
+      NET + "test_host_loopback_is_refused_by_default_with_slirp4netns"),
+    M("slirp4netns runs unconfined (no --enable-sandbox, --enable-seccomp)",
+      "rootless/net/slirp.py", '    for hardening in ("--enable-sandbox", "--enable-seccomp"):',
+      "    for hardening in ():",
+      NET + "test_slirp4netns_runs_confined"),
+    M("an old slirp4netns without --disable-host-loopback is accepted",
+      "rootless/net/slirp.py", '    if not allow_host_loopback and "--disable-host-loopback" not in features:',
+      "    if False:",
+      U_NET + "test_old_slirp4netns_is_refused_rather_than_opening_the_host_loopback"),
+    M("slirp4netns survives kill -9 of rbox (no --exit-fd)",
+      "rootless/net/slirp.py", ', f"--exit-fd={EXIT_FD}"]', "]",
+      NET + "test_no_helper_is_left_after_exit_kill_or_sigkill_of_rbox[slirp4netns]"),
+    M("pasta maps the gateway to the host's loopback (no --no-map-gw)",
+      "rootless/net/pasta.py", '        argv.append("--no-map-gw")\n', "        pass\n",
+      NET + "test_the_gateway_reaches_the_host_loopback_only_when_allowed[pasta-False-timeout]"),
+    M("pasta forwards the host's TCP ports into the sandbox",
+      "rootless/net/pasta.py", '"--tcp-ns", "none"', '"--tcp-ns", "auto"',
+      NET + "test_host_loopback_ports_are_not_forwarded_into_the_sandbox_with_pasta"),
+    M("pasta forwards the host's UDP ports into the sandbox",
+      "rootless/net/pasta.py", '"--udp-ns", "none"', '"--udp-ns", "auto"',
+      NET + "test_host_loopback_ports_are_not_forwarded_into_the_sandbox_with_pasta"),
+    M("pasta survives kill -9 of rbox (its watchdog does not stop it)",
+      "rootless/net/pasta.py", '(read _ <&3; kill -TERM "$p" 2>/dev/null)', "(read _ <&3; true)",
+      NET + "test_no_helper_is_left_after_exit_kill_or_sigkill_of_rbox[pasta]"),
+    M("published ports listen on every interface by default",
+      "rootless/net/ports.py", 'DEFAULT_HOST_IP = "127.0.0.1"', 'DEFAULT_HOST_IP = "0.0.0.0"',
+      U_NET + "test_publish_specs"),
+
+    # --- the id maps (userns.py)
+    M("the gid map is built from /etc/subuid",
+      "rootless/userns.py", "subid_ranges(name, uid, path, subgid,", "subid_ranges(name, uid, path, subuid,",
+      U_USERNS + "test_plan_for_root_with_distinct_uid_and_gid_ranges"),
+    M("newgidmap is given the uid map",
+      "rootless/userns.py", "helper_argv(plan.newgidmap, pid, plan.gid_map)",
+      "helper_argv(plan.newgidmap, pid, plan.uid_map)",
+      U_USERNS + "test_apply_runs_newgidmap_then_newuidmap_with_the_literal_maps"),
+    M("your own id is mapped to another outer id",
+      "rootless/userns.py", "    extents = [(own, own, 1)]\n", "    extents = [(own, own + 1, 1)]\n",
+      U_USERNS + "test_plan_for_your_own_ids_with_distinct_uid_and_gid_ranges",
+      IDS + "test_uid_and_gid_maps_are_the_documented_layout[own-id]"),
+
+    # --- what rbox tells the user (hostcheck.py, cgroups.py, the man page, completion)
+    M("rbox check reports a false fail",
+      "rootless/hostcheck.py", '    if os.access(device, os.R_OK | os.W_OK):\n        return Finding(name, "ok", "us',
+      '    if not os.access(device, os.R_OK | os.W_OK):\n        return Finding(name, "ok", "us',
+      CHECK + "test_check_on_a_host_where_rbox_runs_has_no_fail_and_exits_0"),
+    M("limits without cgroup2 are not refused",
+      "rootless/cgroups.py", '    if not cgroup2_mounted_at(read("/proc/self/mountinfo")):', "    if False:",
+      LIMITS + "test_limits_without_cgroup2_are_refused"),
+    M("the man page loses an option's entry (the option is still named in the text)",
+      "man/rbox.1", ".TP\n.B \\-\\-allow\\-host\\-loopback\n", "",
+      U_MAN + "test_every_option_of_every_command_has_an_entry"),
+    M("bash completion drops -t (the generator and its file alike)",
+      "rootless/completion.py", "for n in o.names), []).append(command)",
+      'for n in o.names if n != "-t"), []).append(command)',
+      U_COMPLETION + "test_bash_offers_exactly_the_options_of_each_command",
+      also=(("completions/rbox.bash", " -t --tty -T", " --tty -T"),)),
+    M("zsh completion drops --json of rbox check (the generator and its file alike)",
+      "rootless/completion.py", "        for opt in options_for(command):\n            desc",
+      '        for opt in options_for(command)[command == "check":]:\n            desc',
+      U_COMPLETION + "test_zsh_offers_exactly_the_options_of_each_command",
+      also=(("completions/_rbox", "        '--json[print the findings as JSON]' \\\n", ""),)),
+]
