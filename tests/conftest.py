@@ -35,7 +35,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # Every capability a marker may name (`needs_NAME`, or `nosubid`), with what it checks.
 PROBES = ("userns", "subuid", "slirp4netns", "pasta", "dns_stub", "vm", "vm_broken", "tmux", "install", "nosubid",
-          "tiocsti", "zsh", "iproute2", "unprivileged")
+          "tiocsti", "zsh", "iproute2", "unprivileged", "two_users", "suppgroup", "keyrings")
 
 
 @functools.cache

@@ -85,7 +85,8 @@ def test_plan_for_root_with_distinct_uid_and_gid_ranges(host) -> None:
     assert (plan.mode, plan.newuidmap, plan.newgidmap) == ("subid", "/usr/bin/newuidmap", "/usr/bin/newgidmap")
     assert plan.uid_map == [(0, 1000, 1), (1, 200000, 65536)]
     assert plan.gid_map == [(0, 1001, 1), (1, 500000, 4000)]
-    assert plan.nested is None
+    assert plan.nested_uid_map == [(0, 0, 1), (1, 1, 65536)]          # the identity over the ids above
+    assert plan.nested_gid_map == [(0, 0, 1), (1, 1, 4000)]
 
 
 def test_plan_for_your_own_ids_with_distinct_uid_and_gid_ranges(host) -> None:
