@@ -12,9 +12,8 @@ the file it generates, say). Name a test by its pytest node id; a parametrized o
 its full id (`test_x[pasta]`) to run only that case. The original text must occur exactly
 once: if the code changes under it, the check fails, and the entry is brought up to date.
 
-Not yet here, to be added when the work on them is merged: the nested user namespace
-(init.enter_nested_userns), setgroups `deny` (userns.apply_idmap, single-id plan),
-closing inherited fds, the keyring, the cwd policy, the helpers' state directory.
+The session keyring alone (init.new_session_keyring) is left out: the seccomp filter
+in front of it makes it unobservable from inside (its removal is an equivalent mutant).
 Left out on purpose: mutants the kernel makes equivalent (MS_SLAVE on `/`: a mount
 namespace made in a less privileged user namespace turns shared mounts into slaves
 anyway, mount_namespaces(7)); slirp4netns's kill at the end (its --exit-fd ends it too,
@@ -25,6 +24,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+
+from rootless.options import options_for
 
 FS = "tests/integration/test_filesystem.py::"
 PROC = "tests/integration/test_process.py::"
@@ -37,6 +38,10 @@ U_USERNS = "tests/unit/test_userns.py::"
 U_NET = "tests/unit/test_net.py::"
 U_MAN = "tests/unit/test_manpage.py::"
 U_COMPLETION = "tests/unit/test_completion.py::"
+SEC = "tests/security/"
+DAILY = "tests/integration/test_daily.py::"
+TDAILY = "tests/integration/test_terminal_daily.py::"
+RUN_WORDS = " ".join(name for opt in options_for("run") for name in opt.names)
 
 
 class Mutation:
@@ -123,7 +128,7 @@ MUTATIONS = [
       "rootless/mounts.py", '_mount(oldroot + "/dev/null", dst,', "_mount(oldroot + self.dst, dst,",
       FS + "test_hide_a_directory_and_a_file"),
     M("--tmpfs is ignored",
-      "rootless/mounts.py", '            ops.append(Tmpfs(m.dst, "0755"))\n', "            pass\n",
+      "rootless/mounts.py", '            ops.append(Tmpfs(m.dst, "0755", given=m.given))\n', "            pass\n",
       FS + "test_tmpfs_option"),
     M("--home=tmpfs shows the real home",
       "rootless/mounts.py", '        ops.append(Tmpfs(spec.home, "0700"))\n', "        pass\n",
@@ -158,7 +163,7 @@ MUTATIONS = [
       PROC + "test_no_new_privs_and_no_capabilities_in_the_default_identity",
       PROC + "test_no_new_privs_with_root_identity_too"),
     M("the command shares rbox's session and controlling terminal (TIOCSTI)",
-      "rootless/payload.py", "setsid=True,", "setsid=False,",
+      "rootless/payload.py", '{"setsid": True}', '{"setsid": False}',
       PROC + "test_non_terminal_stdin_gets_a_new_session_without_a_terminal",
       TERM + "test_tiocsti_inside_cannot_type_into_the_callers_terminal[no-tty]"),
 
@@ -252,14 +257,72 @@ MUTATIONS = [
     M("the man page loses an option's entry (the option is still named in the text)",
       "man/rbox.1", ".TP\n.B \\-\\-allow\\-host\\-loopback\n", "",
       U_MAN + "test_every_option_of_every_command_has_an_entry"),
-    M("bash completion drops -t (the generator and its file alike)",
-      "rootless/completion.py", "for n in o.names), []).append(command)",
-      'for n in o.names if n != "-t"), []).append(command)',
-      U_COMPLETION + "test_bash_offers_exactly_the_options_of_each_command",
-      also=(("completions/rbox.bash", " -t --tty -T", " --tty -T"),)),
+    M("bash completion drops -t from `rbox run` (the committed file: what users install)",
+      "completions/rbox.bash", f'run) COMPREPLY=($(compgen -W "{RUN_WORDS}"',
+      f'run) COMPREPLY=($(compgen -W "{RUN_WORDS.replace(" -t --tty", " --tty")}"',
+      U_COMPLETION + "test_bash_offers_exactly_the_options_of_each_command"),
     M("zsh completion drops --json of rbox check (the generator and its file alike)",
       "rootless/completion.py", "        for opt in options_for(command):\n            desc",
       '        for opt in options_for(command)[command == "check":]:\n            desc',
       U_COMPLETION + "test_zsh_offers_exactly_the_options_of_each_command",
       also=(("completions/_rbox", "        '--json[print the findings as JSON]' \\\n", ""),)),
+
+    # --- containment (issue #10): what the command could reach past the sandbox
+    M("no nested user namespace: --root owns the mounts rbox made (remount / rw, umount a --hide)",
+      "rootless/init.py", "    enter_nested_userns(link)\n", "    link.close()\n",
+      SEC + "test_root_mounts.py::test_root_cannot_remount_the_host_read_write[subid]",
+      SEC + "test_root_mounts.py::test_root_cannot_unmount_a_hide[subid]"),
+    M("setgroups allowed despite a supplementary group: --root drops it and passes a negative permission",
+      "rootless/userns.py", '    if mode == "single" or set(groups) - {gid}:\n', '    if mode == "single":\n',
+      SEC + "test_root_mounts.py::test_root_cannot_drop_a_group_to_pass_a_negative_group_permission[subid]"),
+    M("PID 1 dumpable while the command runs: its descriptors (the pipe to rbox) are reachable",
+      "rootless/payload.py", "    sc.set_dumpable(False)\n", "    sc.set_dumpable(True)\n",
+      SEC + "test_root_mounts.py::test_pid1_is_out_of_reach[subid]"),
+    M("inherited descriptors left open: the command writes through a caller's fd",
+      "rootless/cli.py", "    fds.seal(the_spec.pass_fds)\n", "    pass\n",
+      SEC + "test_fds.py::test_the_command_sees_only_0_1_2_of_1000_inherited_descriptors",
+      SEC + "test_fds.py::test_a_directory_descriptor_of_a_read_only_path_is_not_a_way_out"),
+    M("standard descriptors not reserved: a closed stdin lets rbox's own fds land on 0",
+      "rootless/cli.py", "    fds.reserve_stdio()", "    pass",
+      SEC + "test_fds.py::test_rbox_works_with_standard_descriptors_closed"),
+    M("no keyring filter: the command plants a key in the caller's user keyring",
+      "rootless/payload.py", "    seccomp.deny_keyrings()\n", "    pass\n",
+      SEC + "test_keyring.py::test_the_sandbox_cannot_plant_a_key_in_the_callers_user_keyring",
+      SEC + "test_keyring.py::test_the_sandbox_can_neither_find_nor_read_the_callers_keys_nor_plant_one"),
+    M("the keyring filter forgets keyctl (the i386/x86_64 tables' last number)",
+      "rootless/seccomp.py", '"x86_64": ((0xC000003E, 248, 249, 250)', '"x86_64": ((0xC000003E, 248, 249, 249)',
+      "tests/unit/test_seccomp.py::test_the_kernels_numbers_are_refused_literally",
+      SEC + "test_keyring.py::test_the_sandbox_cannot_plant_a_key_in_the_callers_user_keyring"),
+    M("helpers found through relative PATH entries: a planted slirp4netns runs on the host",
+      "rootless/userns.py", '        if not d.startswith("/"):\n            continue\n', "",
+      SEC + "test_helper_path.py::test_planted_helpers_in_relative_path_entries_never_run"),
+    M("the cwd always bound: started from $HOME the whole home is writable",
+      "rootless/spec.py", '    want_cwd = cwd != "/" and (reason is None or forced)\n', '    want_cwd = cwd != "/"\n',
+      SEC + "test_cwd.py::test_started_from_home_the_home_stays_read_only_and_a_warning_says_so"),
+    M("option paths not resolved: an alias lets a later bind undo a --hide",
+      "rootless/spec.py", "        return view.resolve(path)\n", "        return os.path.normpath(path)\n",
+      SEC + "test_symlink_paths.py::test_a_hidden_file_stays_hidden_whatever_alias_names_it"),
+    M("the state directory is not verified: another user's directory catches rbox's sockets",
+      "rootless/state.py", "    if st.st_uid != os.getuid():\n        return \"is not yours\"\n", "",
+      SEC + "test_state_dir.py::test_a_planted_directory_is_refused_and_left_alone",
+      also=(("rootless/state.py", "    if stat.S_IMODE(st.st_mode) != 0o700:\n        return f",
+             "    if False:\n        return f"),)),
+
+    # --- daily use (issue #13): rbox behaves like the command it runs
+    M("a pty whenever stdin is a terminal: redirected output gets CRLF, stderr merged",
+      "rootless/cli.py", "all(os.isatty(fd) for fd in (0, 1, 2))", "os.isatty(0)",
+      TDAILY + "test_redirected_output_is_byte_exact_with_a_terminal_on_stdin"),
+    M("signals the caller ignored reset to default: nohup does not protect the command",
+      "rootless/signals.py", "IGNORED = frozenset(s for s in _PASSED_ON if signal.getsignal(s) == signal.SIG_IGN)",
+      "IGNORED: frozenset[int] = frozenset()",
+      TDAILY + "test_signals_the_caller_ignored_stay_ignored[nohup]"),
+    M("the command leads its own session: Ctrl-Z cannot stop sleep (orphaned process group)",
+      "rootless/payload.py", '{"setpgroup": 0, ', '{"setsid": True, ',
+      TDAILY + "test_ctrl_z_stops_sleep_and_fg_resumes_it"),
+    M("a background rbox makes the terminal raw: it is stopped by SIGTTOU",
+      "rootless/console.py", " or not self.in_foreground():", ":",
+      TDAILY + "test_a_background_rbox_with_a_pty_leaves_the_terminal_alone"),
+    M("Python's locale coercion leaks LC_CTYPE into the command",
+      "rootless/cli.py", "    environ = caller_environment()\n", "    environ = dict(os.environ)\n",
+      DAILY + "test_rbox_adds_nothing_to_the_environment_but_rbox_sandbox[C]"),
 ]

@@ -50,3 +50,14 @@ def test_x32_numbers_are_refused_on_x86_64() -> None:
     arch = seccomp.ABIS["x86_64"][0][0]
     assert run_filter(code, arch, 250 | seccomp.X32_SYSCALL_BIT) == DENY
     assert run_filter(code, arch, 1 | seccomp.X32_SYSCALL_BIT) == ALLOW
+
+
+@pytest.mark.parametrize(("machine", "arch", "numbers"), [
+    # From the kernel's syscall tables, written out (not read from seccomp.ABIS):
+    # arch/x86/entry/syscalls/syscall_64.tbl and syscall_32.tbl, include/uapi/asm-generic/unistd.h.
+    ("x86_64", 0xC000003E, (248, 249, 250)), ("x86_64", 0x40000003, (286, 287, 288)),
+    ("aarch64", 0xC00000B7, (217, 218, 219)),
+])
+def test_the_kernels_numbers_are_refused_literally(machine: str, arch: int, numbers: tuple[int, ...]) -> None:
+    code = seccomp.program(seccomp.ABIS[machine], x32=(machine == "x86_64"))
+    assert [run_filter(code, arch, nr) for nr in numbers] == [DENY] * 3
