@@ -170,6 +170,8 @@ def _write_all(fd: int, data: bytes) -> None:
         try:
             view = view[os.write(fd, view):]
         except BlockingIOError:
-            select.select([], [fd], [])
+            poller = select.poll()     # not select(): fd may be 1024 or more
+            poller.register(fd, select.POLLOUT)
+            poller.poll()
         except BrokenPipeError:
             return  # nobody reads our output any more; the command finds out from its pty

@@ -13,6 +13,7 @@ host's site-packages may be gone (mkosi imports `warnings` eagerly for this reas
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 import time
@@ -75,7 +76,11 @@ def enter_nested_userns(uid: int, gid: int) -> None:
             with open(f"/proc/self/{name}", "w") as f:
                 f.write(text)
     except OSError as e:
-        raise NamespaceError(f"cannot create the nested user namespace: {e.strerror}") from None
+        reason = "the limit on user namespaces is reached (ENOSPC)" if e.errno == errno.ENOSPC else e.strerror
+        raise NamespaceError(f"cannot create the nested user namespace: {reason}",
+                             hint="end other sandboxes or containers of yours, or an administrator can raise "
+                                  "user.max_user_namespaces; with subordinate ids no nested namespace is needed "
+                                  "(see rbox(1), HOST SETUP)") from None
 
 
 def set_hostname(name: str) -> None:
@@ -83,7 +88,8 @@ def set_hostname(name: str) -> None:
     try:
         sc.sethostname(name)
     except OSError as e:
-        raise NamespaceError(f"cannot set the host name: {e.strerror}") from None
+        raise NamespaceError(f"cannot set the host name: {e.strerror}",
+                             hint="choose another --hostname (letters, digits, `-` and `.`)") from None
 
 
 def supervise(command: int, chan: sync.Channel | None = None) -> int:

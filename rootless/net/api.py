@@ -13,7 +13,7 @@ import json
 import socket
 
 from rootless import log, net
-from rootless.errors import RboxError
+from rootless.errors import RboxError, resource_hint
 from rootless.net.ports import Port
 
 TIMEOUT = 5.0
@@ -60,10 +60,12 @@ def _call(api_path: str, request: dict[str, object]) -> dict[str, object]:
             while chunk := s.recv(4096):
                 data += chunk
         except OSError as e:
-            raise RboxError(f"cannot talk to slirp4netns's API socket: {e.strerror or e}") from None
+            raise RboxError(f"cannot talk to slirp4netns's API socket: {e.strerror or e}",
+                            hint=resource_hint(e.errno or 0) or "try again; or publish with --net=pasta") from None
     try:
         reply = json.loads(data.decode() or "{}")
     except ValueError:
-        raise RboxError(f"slirp4netns's API gave an unreadable reply: {data[:200]!r}") from None
+        raise RboxError(f"slirp4netns's API gave an unreadable reply: {data[:200]!r}",
+                        hint="check the installed slirp4netns (`rbox check`), or publish with --net=pasta") from None
     assert isinstance(reply, dict)
     return reply

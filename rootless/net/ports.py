@@ -45,14 +45,20 @@ def parse(spec: str) -> Port:
 
 
 def _port(text: str, spec: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
+    if not _digits(text) or not 0 < int(text) < 65536:
         raise SpecError(f"invalid port `{text}` in -p {spec}", hint="ports are 1 to 65535")
     return int(text)
 
 
 def _is_ipv4(text: str) -> bool:
     parts = text.split(".")
-    return len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts)
+    return len(parts) == 4 and all(_digits(p) and int(p) < 256 for p in parts)
+
+
+def _digits(text: str) -> bool:
+    # str.isdigit() is true for other scripts' digits too (`٣`), which int() accepts
+    # but slirp4netns and pasta would not.
+    return text.isascii() and text.isdigit() and len(text) <= 5
 
 
 def check_unique(ports: list[Port]) -> None:
@@ -60,5 +66,6 @@ def check_unique(ports: list[Port]) -> None:
     for p in ports:
         key = (p.host_ip, p.host_port, p.proto)
         if key in seen:
-            raise SpecError(f"host port {p.host_ip}:{p.host_port}/{p.proto} is published twice")
+            raise SpecError(f"host port {p.host_ip}:{p.host_port}/{p.proto} is published twice",
+                            hint="give each -p its own host port (or a different HOST_IP or protocol)")
         seen.add(key)

@@ -22,7 +22,7 @@ import os
 import signal
 
 from rootless import log, net, spawn
-from rootless.errors import HostSetupError, NetworkError
+from rootless.errors import HostSetupError, NetworkError, resource_hint_in
 from rootless.hostcheck import FIX
 from rootless.net.ports import Port
 from rootless.userns import which
@@ -95,7 +95,8 @@ def probe_features(probe: spawn.Helper) -> frozenset[str]:
     text = probe.output_text()
     probe.stop()
     if status is None:
-        raise NetworkError(f"`{probe.argv[0]} --help` did not finish within 5 s")
+        raise NetworkError(f"`{probe.argv[0]} --help` did not finish within 5 s",
+                           hint="the machine may be overloaded: try again, or run with --net=none")
     return detect_features(text)
 
 
@@ -151,9 +152,25 @@ class SlirpDriver:
         status = self.helper.poll_exit()
         if status is None:
             raise NetworkError(f"slirp4netns did not become ready within {READY_TIMEOUT:g} s: "
-                               f"{self.helper.output_tail()}")
-        raise NetworkError(f"slirp4netns exited with status {os.waitstatus_to_exitcode(status)} before "
-                           f"becoming ready: {self.helper.output_tail()}", hint=_hint(self.helper.output_tail()))
+                               f"{self.helper.output_tail()}",
+                               hint="the machine may be overloaded: try again, or run with --net=none")
+        raise NetworkError(f"slirp4netns {exit_words(status)} before becoming ready: {self.helper.output_tail()}",
+                           hint=failure_hint(self.helper.output_tail()))
+
+    # -- while the command runs (parent.py watches watch_fd) ----------------------------
+
+    @property
+    def watch_fd(self) -> int | None:
+        """Readable once slirp4netns has exited (its pidfd); None before it started."""
+        return self.helper.pidfd if self.helper is not None else None
+
+    def death_note(self) -> str:
+        """What happened to slirp4netns, once watch_fd is readable."""
+        assert self.helper is not None
+        status = self.helper.wait_exit(1.0)
+        output = self.helper.output_tail(200)
+        said = f" (it said: {output})" if output != "no output" else ""
+        return f"slirp4netns (pid {self.helper.pid}) {exit_words(status)}{said}"
 
     def stop(self) -> None:
         """The sandbox is gone: nothing is left for slirp4netns to finish, so it is
@@ -169,10 +186,25 @@ class SlirpDriver:
             self.exit_w = None
 
 
-def _hint(output: str) -> str | None:
+def exit_words(status: int | None) -> str:
+    """`exited with status 1`, `was killed by signal 9 (SIGKILL)` (from a wait status)."""
+    if status is None:
+        return "ended"
+    if os.WIFSIGNALED(status):
+        signo = os.WTERMSIG(status)
+        try:
+            name = f" ({signal.Signals(signo).name})"
+        except ValueError:
+            name = ""
+        return f"was killed by signal {signo}{name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def failure_hint(output: str) -> str:
+    """What to do about a helper that failed, from what it said (slirp4netns, pasta)."""
     if "/dev/net/tun" in output:
         return "an administrator can run `chmod 0666 /dev/net/tun`; --net=none runs without a network"
-    return None
+    return resource_hint_in(output) or "run `rbox check` to see what this host lacks; --net=none runs without a network"
 
 
 def private_dir() -> str:
