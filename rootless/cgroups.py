@@ -103,7 +103,7 @@ def parse_size(text: str, option: str) -> int:
     except ValueError:
         value = -1
     if not 4096 <= value <= MAX_SIZE:   # false for nan and inf, too
-        raise SpecError(f"invalid size `{text}` for {option}",
+        raise SpecError(f"invalid size `{_short(text)}` for {option}",
                         hint="use a number of at least 4096 bytes with K, M, G or T, e.g. 512M"
                         if value < 4096 or value != value else "use at most 8388607T (2^63 - 1 bytes)")
     return int(value)
@@ -116,9 +116,13 @@ def parse_number(text: str, option: str, low: float, high: float, integer: bool 
         value = float("nan")
     if not low <= value <= high:    # false for nan and inf, too
         span = f"{low:g} to {high:g}"
-        raise SpecError(f"invalid value `{text}` for {option}", hint=f"use a {'whole ' if integer else ''}number "
+        raise SpecError(f"invalid value `{_short(text)}` for {option}", hint=f"use a {'whole ' if integer else ''}number "
                                                                        f"from {span}")
     return value
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def format_size(n: int) -> str:

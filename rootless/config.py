@@ -116,6 +116,12 @@ def _parse(path: str) -> File:
         raise SpecError(f"{path}, line {line}: not UTF-8 text", hint="TOML files are UTF-8; " + FORMAT_HINT) from None
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: {e}", hint=FORMAT_HINT) from None
+    except ValueError as e:
+        # int() refuses integers of more than 4300 digits (CVE-2020-10735); tomllib says
+        # so without a position.
+        line = _long_number_line(text)
+        raise SpecError(f"{path}{f', line {line}' if line else ''}: a number of more than 4300 digits",
+                        hint="no setting takes a number that long; " + FORMAT_HINT) from None
     except RecursionError:
         # tomllib parses nested arrays and inline tables recursively (about 500 deep).
         raise SpecError(f"{path}, line {deepest_line(text)}: arrays or tables nested too deeply",
@@ -123,6 +129,16 @@ def _parse(path: str) -> File:
     except OSError as e:
         raise SpecError(f"cannot read `{path}`: {e.strerror}",
                         hint="make it readable, or move it away to run without it") from None
+
+
+def _long_number_line(text: str) -> int:
+    for number, line in enumerate(text.splitlines(), 1):
+        run = 0
+        for char in line:
+            run = run + 1 if char.isdigit() or (char == "_" and run) else 0
+            if run > 4300:
+                return number
+    return 0
 
 
 def _check_tables(f: File, site_file: bool) -> None:

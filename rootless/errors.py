@@ -75,11 +75,11 @@ class ProtocolError(RboxError):
 # words that name the limit and how to raise it, never as an internal error.
 _RESOURCES = {
     errno.EAGAIN: ("rbox ran out of processes",
-                   "your limit on processes is reached (`ulimit -u` is {nproc}; every process and thread of "
-                   "yours counts): end some of them, or raise it with `ulimit -u`"),
+                   "your limit on processes is reached (`ulimit -u`{nproc}; every process and thread of "
+                   "yours counts): end some of them, or raise it, e.g. `ulimit -u 4096`"),
     errno.EMFILE: ("rbox ran out of file descriptors",
-                   "rbox needs about 20 file descriptors and `ulimit -n` is {nofile}: raise it, e.g. "
-                   "`ulimit -n 1024`"),
+                   "your limit on open files (`ulimit -n`{nofile}) is too low for rbox and its network "
+                   "helper: raise it, e.g. `ulimit -n 1024`"),
     errno.ENFILE: ("the system ran out of file descriptors",
                    "the system-wide limit (fs.file-max) is reached: try again later, or tell the administrators"),
     errno.ENOMEM: ("rbox ran out of memory", "free some memory, or raise `ulimit -v`, and try again"),
@@ -98,23 +98,29 @@ def resource_error(e: OSError, doing: str = "") -> RboxError | None:
     if hint is None:
         return None
     what = _RESOURCES[e.errno or 0][0]
-    return RboxError(f"{what}{' ' + doing if doing else ''}{f' (`{name}`)' if name else ''}: {e.strerror}",
-                     hint=hint)
+    if "/" not in name:
+        name = ""          # a call's name (`signalfd`), not a file's
+    if name:
+        # posix_spawn names the program it could not start; other calls the file.
+        name = f" (starting `{name}`)" if e.errno == errno.EAGAIN else f" (`{name}`)"
+    return RboxError(f"{what}{' ' + doing if doing else ''}{name}: {e.strerror}", hint=hint)
 
 
 def resource_hint(err: int, filename: str = "") -> str | None:
     """What to do when resource `err` (EAGAIN, EMFILE, ...) ran out; None for other errnos."""
     if err not in _RESOURCES:
         return None
-    import resource
-
-    def limit(which: int) -> str:
-        soft = resource.getrlimit(which)[0]
-        return "unlimited" if soft == resource.RLIM_INFINITY else str(soft)
+    def limit(name: str) -> str:
+        try:
+            import resource   # an extension module: out of descriptors, even this import can fail
+        except ImportError:
+            return ""
+        soft = resource.getrlimit(getattr(resource, name))[0]
+        return " is unlimited" if soft == resource.RLIM_INFINITY else f" is {soft}"
 
     runtime = os.environ.get("XDG_RUNTIME_DIR") or ""
     in_runtime = bool(runtime and filename.startswith(runtime.rstrip("/") + "/"))
-    return _RESOURCES[err][1].format(nproc=limit(resource.RLIMIT_NPROC), nofile=limit(resource.RLIMIT_NOFILE),
+    return _RESOURCES[err][1].format(nproc=limit("RLIMIT_NPROC"), nofile=limit("RLIMIT_NOFILE"),
                                      runtime=", or set XDG_RUNTIME_DIR to a directory with room" if in_runtime
                                      else "")
 
@@ -125,6 +131,8 @@ def resource_hint_in(output: str) -> str | None:
     for err in (errno.EMFILE, errno.ENFILE, errno.EAGAIN, errno.ENOMEM, errno.ENOSPC, errno.EDQUOT):
         if os.strerror(err) in output:
             return resource_hint(err)
+    if "Cannot fork" in output:          # the shell's words (pasta's watchdog, sh)
+        return resource_hint(errno.EAGAIN)
     return None
 
 

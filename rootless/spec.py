@@ -213,8 +213,7 @@ RESERVED = ("/proc", "/proc/self", "/proc/thread-self", "/proc/1")
 def _not_root(dst: str, kind: str) -> None:
     reserved = next((r for r in RESERVED if dst == r or (r != "/proc" and dst.startswith(r + "/"))), None)
     if reserved is not None:
-        raise SpecError(f"{kind} cannot replace `{reserved}`: it is the sandbox's own (its PID namespace's), "
-                        "and rbox needs it",
+        raise SpecError(f"{kind} {dst}: rbox needs `{reserved}` as it is (the sandbox's own, of its PID namespace)",
                         hint="it shows only the sandbox's processes; to hide what it tells of the host, "
                              "hide entries below it instead, e.g. --hide /proc/cpuinfo")
     if dst == "/":

@@ -31,28 +31,32 @@ def parse(spec: str) -> Port:
     body, _, proto = spec.partition("/")
     proto = proto or "tcp"
     if proto not in ("tcp", "udp"):
-        raise SpecError(f"invalid protocol `{proto}` in -p {spec}", hint="use /tcp or /udp")
+        raise SpecError(f"invalid protocol `{_short(proto)}` in -p {_short(spec)}", hint="use /tcp or /udp")
     parts = body.split(":")
     if len(parts) == 2:
         parts.insert(0, DEFAULT_HOST_IP)
     if len(parts) != 3:
-        raise SpecError(f"invalid -p {spec}", hint="use [HOST_IP:]HOST_PORT:SANDBOX_PORT[/tcp|/udp]")
+        raise SpecError(f"invalid -p {_short(spec)}", hint="use [HOST_IP:]HOST_PORT:SANDBOX_PORT[/tcp|/udp]")
     host_ip = parts[0] or DEFAULT_HOST_IP
     if not _is_ipv4(host_ip):
-        raise SpecError(f"invalid host address `{host_ip}` in -p {spec}",
+        raise SpecError(f"invalid host address `{_short(host_ip)}` in -p {_short(spec)}",
                         hint="an IPv4 address such as 127.0.0.1 (the default) or 0.0.0.0 for every interface")
     return Port(host_ip, _port(parts[1], spec), _port(parts[2], spec), proto)
 
 
 def _port(text: str, spec: str) -> int:
     if not _digits(text) or not 0 < int(text) < 65536:
-        raise SpecError(f"invalid port `{text}` in -p {spec}", hint="ports are 1 to 65535")
+        raise SpecError(f"invalid port `{_short(text)}` in -p {_short(spec)}", hint="ports are 1 to 65535")
     return int(text)
 
 
 def _is_ipv4(text: str) -> bool:
     parts = text.split(".")
     return len(parts) == 4 and all(_digits(p) and int(p) < 256 for p in parts)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def _digits(text: str) -> bool:
