@@ -31,7 +31,7 @@ import signal
 from rootless import log, net, spawn
 from rootless.errors import HostSetupError, NetworkError
 from rootless.net.ports import Port
-from rootless.net.slirp import READY_TIMEOUT, check_tun, exit_words, failure_hint, private_dir, remove_dir
+from rootless.net.slirp import READY_TIMEOUT, _said, check_tun, exit_words, failure_hint, private_dir, remove_dir
 from rootless.userns import which
 
 
@@ -134,9 +134,7 @@ class PastaDriver:
             words = exit_words(os.WEXITSTATUS(status) - 128)     # as a wait status: killed by that signal
         else:
             words = exit_words(status)
-        output = self.watchdog.output_tail(200)
-        said = f" (it said: {output})" if output != "no output" else ""
-        return f"pasta (pid {self.pid}) {words}{said}"
+        return f"pasta (pid {self.pid}) {words}{_said(status, self.watchdog)}"
 
     def stop(self) -> None:
         """The sandbox is gone: kill pasta at once; its watchdog shell then exits."""

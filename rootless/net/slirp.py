@@ -168,9 +168,7 @@ class SlirpDriver:
         """What happened to slirp4netns, once watch_fd is readable."""
         assert self.helper is not None
         status = self.helper.wait_exit(1.0)
-        output = self.helper.output_tail(200)
-        said = f" (it said: {output})" if output != "no output" else ""
-        return f"slirp4netns (pid {self.helper.pid}) {exit_words(status)}{said}"
+        return f"slirp4netns (pid {self.helper.pid}) {exit_words(status)}{_said(status, self.helper)}"
 
     def stop(self) -> None:
         """The sandbox is gone: nothing is left for slirp4netns to finish, so it is
@@ -198,6 +196,14 @@ def exit_words(status: int | None) -> str:
             name = ""
         return f"was killed by signal {signo}{name}"
     return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def _said(status: int | None, helper: spawn.Helper) -> str:
+    """The helper's last words, when it exited by itself (a signal leaves none)."""
+    if status is None or not os.WIFEXITED(status) or os.WEXITSTATUS(status) > 128:
+        return ""
+    output = helper.output_tail(200)
+    return f" (it said: {output})" if output != "no output" else ""
 
 
 def failure_hint(output: str) -> str:
