@@ -102,7 +102,8 @@ def resource_error(e: OSError, doing: str = "") -> RboxError | None:
         name = ""          # a call's name (`signalfd`), not a file's
     if name:
         # posix_spawn names the program it could not start; other calls the file.
-        name = f" (starting `{name}`)" if e.errno == errno.EAGAIN else f" (`{name}`)"
+        name = {errno.EAGAIN: f" (starting `{name}`)", errno.ENOSPC: f" for `{name}`",
+                errno.EDQUOT: f" for `{name}`"}.get(e.errno or 0, f" (`{name}`)")
     return RboxError(f"{what}{' ' + doing if doing else ''}{name}: {e.strerror}", hint=hint)
 
 
