@@ -115,10 +115,14 @@ def parse_number(text: str, option: str, low: float, high: float, integer: bool 
     except ValueError:
         value = float("nan")
     if not low <= value <= high:    # false for nan and inf, too
-        span = f"{low:g} to {high:g}"
+        span = f"{_number(low)} to {_number(high)}"
         raise SpecError(f"invalid value `{_short(text)}` for {option}", hint=f"use a {'whole ' if integer else ''}number "
                                                                        f"from {span}")
     return value
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:g}"
 
 
 def _short(text: str) -> str:
