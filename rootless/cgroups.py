@@ -116,8 +116,8 @@ def parse_number(text: str, option: str, low: float, high: float, integer: bool 
         value = float("nan")
     if not low <= value <= high:    # false for nan and inf, too
         span = f"{_number(low)} to {_number(high)}"
-        raise SpecError(f"invalid value `{_short(text)}` for {option}", hint=f"use a {'whole ' if integer else ''}number "
-                                                                       f"from {span}")
+        raise SpecError(f"invalid value `{_short(text)}` for {option}",
+                        hint=f"use a {'whole ' if integer else ''}number from {span}")
     return value
 
 

@@ -115,8 +115,7 @@ def _str(value: object) -> str | None:
 def _print_error(message: str, hint: str | None) -> None:
     """`rbox: error:` and `hint:`, each one line (log.printable escapes control
     characters and bytes that are not UTF-8); nothing at all when stderr is closed."""
-    # Line by line: with --debug a child's message carries its traceback.
-    text = "\n".join(log.printable(line) for line in message.split("\n"))
+    text = log.printable(message)
     if len(text) > 8000:     # a value someone pasted by mistake must not flood the terminal
         text = text[:8000] + "..."
     log.write_raw(f"rbox: error: {text}\n" + (f"hint: {log.printable(hint)}\n" if hint else ""))

@@ -116,7 +116,7 @@ def _parse(path: str) -> File:
         raise SpecError(f"{path}, line {line}: not UTF-8 text", hint="TOML files are UTF-8; " + FORMAT_HINT) from None
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: {e}", hint=FORMAT_HINT) from None
-    except ValueError as e:
+    except ValueError:
         # int() refuses integers of more than 4300 digits (CVE-2020-10735); tomllib says
         # so without a position.
         line = _long_number_line(text)

@@ -113,7 +113,7 @@ def resource_hint(err: int, filename: str = "") -> str | None:
         return None
     def limit(name: str) -> str:
         try:
-            import resource   # an extension module: out of descriptors, even this import can fail
+            import resource  # an extension module: out of descriptors, even this import can fail
         except ImportError:
             return ""
         soft = resource.getrlimit(getattr(resource, name))[0]

@@ -41,12 +41,12 @@ def run_child(chan: Channel, role: str, body: Callable[[], int]) -> None:
 
 
 def _internal(role: str, e: BaseException) -> RboxError:
-    message = f"internal error in {role}: {type(e).__name__}: {e}"
     if log.debugging():
         import traceback  # only on this path: it costs 5 ms at start-up
 
-        message += "\n" + traceback.format_exc().rstrip()
-    return RboxError(message, hint="run again with --debug and report this as a bug")
+        log.write_raw(traceback.format_exc())   # the error itself stays one line
+    return RboxError(f"internal error in {role}: {type(e).__name__}: {e}",
+                     hint="run again with --debug and report this as a bug")
 
 
 def _report(chan: Channel, err: RboxError) -> None:

@@ -4,9 +4,8 @@ spelling (quoted keys, inline tables, dotted keys, top-level keys)."""
 
 from __future__ import annotations
 
-import tomllib
-
 import pytest
+import tomllib
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -63,7 +62,8 @@ def test_a_good_ceiling_still_applies(tmp_path) -> None:
      "line 5, key `env`: `A=\\x00` contains a NUL character (\\u0000)"),
     ('[defaults]\nbind = ' + "[" * 3000 + "]" * 3000 + "\n", "line 2: arrays or tables nested too deeply"),
     ('[defaults]\npids-limit = ' + "9" * 5000 + "\n", "line 2: a number of more than 4300 digits"),
-    ('[defaults]\nbind = [\n  "/tmp", # bind = 1\n  true,\n]\n', "line 2, key `bind`: `true` is not a value for --bind"),
+    ('[defaults]\nbind = [\n  "/tmp", # bind = 1\n  true,\n]\n',
+     "line 2, key `bind`: `true` is not a value for --bind"),
 ])
 def test_mistakes_in_the_user_file_name_file_and_line(tmp_path, text: str, message: str) -> None:
     error = refused(tmp_path, user=text)

@@ -109,7 +109,7 @@ def test_a_pseudo_terminal_works_with_1100_descriptors_open() -> None:
     try:
         r = subprocess.run([sys.executable, "-c", MANY_FDS, *RBOX[1:], "run", "--net=none", "--", "sh", "-c",
                             "test -t 0 && exit 4"], env=rbox_env(None), timeout=60, stdin=slave,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                           capture_output=True, text=True, start_new_session=True)
     finally:
         os.close(slave)
         os.close(master)

@@ -115,7 +115,8 @@ def test_a_command_name_of_100000_characters_is_not_found() -> None:
      "give each -p its own host port"),
     (["run", "--bind", "/tmp:/", "--", "true"], "--bind cannot replace the sandbox's `/`",
      "the host's / is the sandbox's, read-only; bind or mount below it"),
-    (["run", "--pids-limit", "2", "--", "true"], "invalid value `2` for --pids-limit", "use a whole number from 3 to 4194304"),
+    (["run", "--pids-limit", "2", "--", "true"], "invalid value `2` for --pids-limit",
+     "use a whole number from 3 to 4194304"),
     (["run", "--net=none", "--", "no-such-command-xyz"], "command not found: `no-such-command-xyz`",
      "check the name"),
 ])

@@ -35,7 +35,8 @@ def run_closed(tmp_path: Path, fd: int, *args: str) -> tuple[int, str, str]:
 @pytest.mark.parametrize("fd", [0, 1, 2])
 def test_every_network_mode_works_with_a_standard_descriptor_closed(tmp_path, mode: str, fd: int) -> None:
     before = Snapshot([])
-    code, out, err = run_closed(tmp_path, fd, "run", f"--net={mode}", "--", "sh", "-c", "echo hello 2>/dev/null; exit 7")
+    code, out, err = run_closed(tmp_path, fd, "run", f"--net={mode}", "--", "sh", "-c",
+                                "echo hello 2>/dev/null; exit 7")
     assert code == 7, err
     assert "rbox:" not in err and "Traceback" not in err
     if fd != 1:
