@@ -302,9 +302,14 @@ def _mount(src: str | None, dst: str, fstype: str | None, flags: int, data: str 
     try:
         sc.mount(src, dst, fstype, flags, data)
     except OSError as e:
-        raise MountError(f"cannot {what}: {e.strerror}",
-                         hint=resource_hint(e.errno or 0) or "run again with --debug to see the mounts before it; "
-                         "see rbox(1), HOST SETUP") from None
+        raise MountError(f"cannot {what}: {e.strerror}", hint=_mount_hint(e.errno or 0)) from None
+
+
+def _mount_hint(err: int) -> str:
+    if err == errno.ENOTDIR:
+        return ("a directory goes on a directory, a file on a file: check both paths (--hide hides a file, "
+                "--tmpfs needs a directory)")
+    return resource_hint(err) or "run again with --debug to see the mounts before it; see rbox(1), HOST SETUP"
 
 
 # Flags a remount must keep: the kernel refuses (EPERM) to clear a flag that was locked

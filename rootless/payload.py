@@ -18,7 +18,7 @@ import termios
 
 from rootless import console
 from rootless import syscalls as sc
-from rootless.errors import EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, RboxError, resource_error
+from rootless.errors import EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, RboxError, resource_error, resource_hint
 from rootless.signals import ALL_SIGNALS
 from rootless.spec import Spec
 
@@ -50,7 +50,13 @@ def open_pty() -> tuple[int, list[tuple[object, ...]]]:
     The slave is opened by path in the new session without O_NOCTTY, which makes it the
     session's controlling terminal (tty(4)); posix_spawn runs setsid before file actions.
     """
-    master, slave = os.openpty()
+    try:
+        master, slave = os.openpty()
+    except OSError as e:
+        # After the user's mounts: a --tmpfs or --hide of /dev, /dev/pts or /dev/ptmx.
+        raise RboxError(f"cannot open a pseudo-terminal in the sandbox: {e.strerror}",
+                        hint=resource_hint(e.errno or 0) or "leave /dev, /dev/pts and /dev/ptmx uncovered, or run "
+                        "with -T (no pseudo-terminal)") from None
     if os.isatty(0):
         termios.tcsetattr(slave, termios.TCSANOW, termios.tcgetattr(0))
         rows, cols = console.window_size(0)

@@ -43,8 +43,12 @@ def check_free(port: Port) -> None:
             probe.bind((port.host_ip, port.host_port))
         except OSError as e:
             reason = "it is already in use" if e.errno == errno.EADDRINUSE else e.strerror
-            hint = ("ports below 1024 need net.ipv4.ip_unprivileged_port_start lowered by an administrator"
-                    if e.errno == errno.EACCES else "choose another host port with -p HOST_PORT:SANDBOX_PORT")
+            hint = {errno.EACCES: "ports below 1024 need net.ipv4.ip_unprivileged_port_start lowered by an "
+                                  "administrator",
+                    errno.EADDRNOTAVAIL: "HOST_IP must be an address of this machine: 127.0.0.1 (the default), "
+                                         "0.0.0.0 for all, or one of its interfaces' addresses",
+                    }.get(e.errno or 0, resource_hint(e.errno or 0) or "choose another host port with "
+                                                                      "-p HOST_PORT:SANDBOX_PORT")
             raise RboxError(f"cannot publish host port {port.host_ip}:{port.host_port}/{port.proto}: {reason}",
                             hint=hint) from None
 

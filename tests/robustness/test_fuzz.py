@@ -145,9 +145,9 @@ def test_fuzzed_command_lines_really_run(tmp_path) -> None:
     before = Snapshot([])
 
     @settings(max_examples=40)
-    @given(argument_lists(odd=False), COMMANDS)
-    def run(words: list[str], command: list[str]) -> None:
-        check(rbox(["run", *words, "--net=none", "-T", "--", *command]), (0, 3, 125, 126, 127))
+    @given(argument_lists(odd=False), st.sampled_from(["-T", "-t"]), COMMANDS)
+    def run(words: list[str], tty: str, command: list[str]) -> None:
+        check(rbox(["run", *words, "--net=none", tty, "--", *command]), (0, 3, 125, 126, 127))
 
     run()
     assert not wait_clean(before)

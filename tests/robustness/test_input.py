@@ -159,3 +159,33 @@ def test_a_ctrl_c_while_rbox_starts_ends_it_quietly_with_130() -> None:
         _, err = proc.communicate(timeout=30)
         assert proc.returncode in (130, -signal.SIGINT), err
         assert err == b"", err.decode()
+
+
+@pytest.mark.parametrize("args", [["--tmpfs", "/dev"], ["--tmpfs", "/dev/pts"], ["--hide", "/dev/ptmx"]])
+def test_a_pseudo_terminal_with_dev_covered_is_a_clear_error(args: list[str]) -> None:
+    # The pty is opened after the mounts, in the sandbox's /dev/pts; without -t the
+    # same options work (the positive control).
+    assert run_rbox("run", "--net=none", "-T", *args, "--", "true").returncode == 0
+    r = run_rbox("run", "--net=none", "-t", *args, "--", "true")
+    assert r.returncode == 125
+    message, hint = error_and_hint(r.stderr)
+    assert message.startswith("cannot open a pseudo-terminal in the sandbox: ")
+    assert hint == "leave /dev, /dev/pts and /dev/ptmx uncovered, or run with -T (no pseudo-terminal)"
+
+
+@pytest.mark.parametrize("args", [["--tmpfs", "/etc/hostname"], ["--bind", "/etc:/etc/hostname"]])
+def test_a_directory_over_a_file_says_which_goes_where(args: list[str]) -> None:
+    r = run_rbox("run", "--net=none", *args, "--", "true")
+    assert r.returncode == 125
+    message, hint = error_and_hint(r.stderr)
+    assert message.endswith(": Not a directory")
+    assert hint.startswith("a directory goes on a directory, a file on a file")
+
+
+@pytest.mark.needs_slirp4netns
+def test_publishing_on_an_address_the_host_lacks_says_so() -> None:
+    r = run_rbox("run", "-p", "192.0.2.1:18123:80", "--", "true")   # TEST-NET-1: no host has it
+    assert r.returncode == 125
+    message, hint = error_and_hint(r.stderr)
+    assert message == "cannot publish host port 192.0.2.1:18123/tcp: Cannot assign requested address"
+    assert hint.startswith("HOST_IP must be an address of this machine")
