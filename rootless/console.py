@@ -173,5 +173,5 @@ def _write_all(fd: int, data: bytes) -> None:
             poller = select.poll()     # not select(): fd may be 1024 or more
             poller.register(fd, select.POLLOUT)
             poller.poll()
-        except BrokenPipeError:
-            return  # nobody reads our output any more; the command finds out from its pty
+        except OSError:
+            return  # nobody reads our output any more (EPIPE, EIO of a terminal gone, EBADF)
