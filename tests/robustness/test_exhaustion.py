@@ -175,3 +175,20 @@ def test_a_full_runtime_directory_is_a_clear_error(tmp_path) -> None:
             assert code in (0, 125), stderr
     assert report["left"] == [f"fill{i}" for i in range(report["filled"])], report["left"]
     assert not wait_clean(before)
+
+
+def test_the_nested_user_namespace_at_the_namespace_limit_is_a_clear_error(tmp_path) -> None:
+    # In a user namespace of our own, user.max_user_namespaces = 1 leaves room for
+    # stage-1's namespace only. As root there rbox has no subordinate ids, so it maps
+    # its one id and gives the command a nested namespace: that one is over the limit.
+    import shlex
+
+    rbox = " ".join(shlex.quote(w) for w in (*RBOX, "run", "--net=none", "--", "true"))
+    r = subprocess.run(["unshare", "-Ur", "sh", "-c", f"echo 1 > /proc/sys/user/max_user_namespaces && {rbox}"],
+                       cwd=tmp_path, env=rbox_env(None), capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 125, r.stderr
+    assert r.stderr.splitlines()[-2:] == [
+        "rbox: error: cannot create the nested user namespace: the limit on user namespaces is reached (ENOSPC)",
+        "hint: end other sandboxes or containers of yours, or an administrator can raise user.max_user_namespaces; "
+        "with subordinate ids no nested namespace is needed (see rbox(1), HOST SETUP)"]
