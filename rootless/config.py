@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import bisect
 import os
+import stat
 
 from rootless.errors import SpecError
 from rootless.options import SANDBOX_OPTIONS
@@ -37,6 +38,7 @@ SITE = "/etc/rbox/rbox.toml"
 CEILING_KEYS = ("memory", "memory-high", "memory-swap", "cpus", "pids-limit")
 NOT_CONFIGURABLE = ("help", "dry-run", "profile", "tty", "no-tty")
 FORMAT_HINT = "see rbox(1), FILES, for the format"
+MAX_SIZE = 1 << 20
 Path = tuple[str, ...]          # a key's full name: ("profiles", "gpu", "net")
 
 
@@ -107,8 +109,16 @@ def _parse(path: str) -> File:
     import tomllib
 
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        # O_NONBLOCK: a FIFO put there must not hang rbox; only a regular file of a
+        # sane size is read (a link to /dev/zero would never end).
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, "rb") as f:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_SIZE:
+                what = "not a regular file" if not stat.S_ISREG(st.st_mode) else f"larger than {MAX_SIZE >> 10} KiB"
+                raise SpecError(f"`{path}` is {what}", hint="a configuration file is a short TOML text; "
+                                                            "see rbox(1), FILES")
+            raw = f.read(MAX_SIZE + 1)
         text = raw.decode()
         return File(path, tomllib.loads(text), key_lines(text))
     except UnicodeDecodeError as e:

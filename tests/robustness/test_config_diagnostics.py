@@ -125,3 +125,19 @@ def test_key_lines_finds_every_key_where_it_is_set(doc: tuple[str, dict[tuple[st
     assert {(t, k) for t, table in data.items() if isinstance(table, dict) for k in table} >= set(expected)
     found = config.key_lines(text)
     assert {key: found.get(key) for key in expected} == expected
+
+
+@pytest.mark.parametrize("kind", ["fifo", "device", "huge"])
+def test_a_configuration_file_that_is_no_text_file_is_refused_without_hanging(tmp_path, kind: str) -> None:
+    import os
+
+    (tmp_path / "rbox").mkdir()
+    path = tmp_path / "rbox" / "rbox.toml"
+    if kind == "fifo":
+        os.mkfifo(path)             # opening it to read would wait for a writer forever
+    elif kind == "device":
+        path.symlink_to("/dev/zero")  # reading it would never end
+    else:
+        path.write_text("# padding\n" * 200_000)
+    error = refused(tmp_path)
+    assert error.message == f"`{path}` is " + ("larger than 1024 KiB" if kind == "huge" else "not a regular file")
