@@ -29,7 +29,7 @@ import os
 import signal
 
 from rootless import log, net, spawn
-from rootless.errors import HostSetupError, NetworkError
+from rootless.errors import HostSetupError, NetworkError, resource_hint_in
 from rootless.net.ports import Port
 from rootless.net.slirp import READY_TIMEOUT, _said, check_tun, exit_words, failure_hint, private_dir, remove_dir
 from rootless.userns import which
@@ -109,12 +109,13 @@ class PastaDriver:
                 self.pidfd = None           # gone already: the watchdog's exit tells
             return
         status = self.watchdog.wait_exit(1.0)
+        output = self.watchdog.output_tail()
         if status is None:
-            raise NetworkError(f"pasta did not finish setting up within {READY_TIMEOUT:g} s: "
-                               f"{self.watchdog.output_tail()}",
-                               hint="the machine may be overloaded: try again, or run with --net=slirp4netns")
-        raise NetworkError(f"pasta failed with status {os.waitstatus_to_exitcode(status)}: "
-                           f"{self.watchdog.output_tail()}", hint=failure_hint(self.watchdog.output_tail()))
+            raise NetworkError(f"pasta did not finish setting up within {READY_TIMEOUT:g} s: {output}",
+                               hint=resource_hint_in(output) or "the machine may be overloaded: try again, or run "
+                               "with --net=slirp4netns")
+        raise NetworkError(f"pasta failed with status {os.waitstatus_to_exitcode(status)}: {output}",
+                           hint=failure_hint(output))
 
     # -- while the command runs (parent.py watches watch_fd) ----------------------------
 

@@ -18,11 +18,12 @@ slirp4netns joins PID 1's user and network namespaces, creates tap0 and configur
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
 from rootless import log, net, spawn
-from rootless.errors import HostSetupError, NetworkError, resource_hint_in
+from rootless.errors import HostSetupError, NetworkError, resource_hint, resource_hint_in
 from rootless.hostcheck import FIX
 from rootless.net.ports import Port
 from rootless.userns import which
@@ -146,16 +147,22 @@ class SlirpDriver:
 
     def _wait_ready(self, ready_r: int, abort_fd: int | None) -> None:
         assert self.helper is not None
-        if self.helper.wait_readable(ready_r, READY_TIMEOUT, abort_fd) and os.read(ready_r, 1) == b"1":
+        answered = self.helper.wait_readable(ready_r, READY_TIMEOUT, abort_fd)
+        if answered and os.read(ready_r, 1) == b"1":
             log.step("slirp4netns is ready")
             return
-        status = self.helper.poll_exit()
-        if status is None:
-            raise NetworkError(f"slirp4netns did not become ready within {READY_TIMEOUT:g} s: "
-                               f"{self.helper.output_tail()}",
-                               hint="the machine may be overloaded: try again, or run with --net=none")
-        raise NetworkError(f"slirp4netns {exit_words(status)} before becoming ready: {self.helper.output_tail()}",
-                           hint=failure_hint(self.helper.output_tail()))
+        # The ready descriptor closed without `1` (slirp4netns gave up), or it exited,
+        # or the deadline passed: each said as what it is.
+        status = self.helper.wait_exit(1.0) if answered else self.helper.poll_exit()
+        output = self.helper.output_tail()
+        if status is not None:
+            raise NetworkError(f"slirp4netns {exit_words(status)} before becoming ready: {output}",
+                               hint=failure_hint(output))
+        if answered:
+            raise NetworkError(f"slirp4netns gave up before becoming ready: {output}", hint=failure_hint(output))
+        raise NetworkError(f"slirp4netns did not become ready within {READY_TIMEOUT:g} s: {output}",
+                           hint=resource_hint_in(output) or "the machine may be overloaded: try again, or run "
+                           "with --net=none")
 
     # -- while the command runs (parent.py watches watch_fd) ----------------------------
 
@@ -210,7 +217,31 @@ def failure_hint(output: str) -> str:
     """What to do about a helper that failed, from what it said (slirp4netns, pasta)."""
     if "/dev/net/tun" in output:
         return "an administrator can run `chmod 0666 /dev/net/tun`; --net=none runs without a network"
-    return resource_hint_in(output) or "run `rbox check` to see what this host lacks; --net=none runs without a network"
+    hint = resource_hint_in(output)
+    if hint is None and near_process_limit():
+        # pasta says only "Failed to get netlink socket" when its clone() fails.
+        hint = resource_hint(errno.EAGAIN)
+    return hint or "run `rbox check` to see what this host lacks; --net=none runs without a network"
+
+
+def near_process_limit(margin: int = 4) -> bool:
+    """Whether this uid's processes and threads are within `margin` of RLIMIT_NPROC
+    (which counts them all, by real uid)."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    if limit == resource.RLIM_INFINITY or limit > 4096:
+        return False              # not worth counting: no one sets a limit that high by mistake
+    count = 0
+    uid = str(os.getuid())
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                if entry.isdigit() and next(line for line in f if line.startswith("Uid:")).split()[1] == uid:
+                    count += len(os.listdir(f"/proc/{entry}/task"))
+        except (OSError, StopIteration):
+            continue
+    return count + margin >= limit
 
 
 def private_dir() -> str:
