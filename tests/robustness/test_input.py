@@ -189,3 +189,10 @@ def test_publishing_on_an_address_the_host_lacks_says_so() -> None:
     message, hint = error_and_hint(r.stderr)
     assert message == "cannot publish host port 192.0.2.1:18123/tcp: Cannot assign requested address"
     assert hint.startswith("HOST_IP must be an address of this machine")
+
+
+def test_control_characters_in_a_message_cannot_break_its_line_or_the_terminal() -> None:
+    r = run_bytes("run", "--net=none", "--", b"a\nb\x1b[31m\xe2\x80\x8b")
+    assert r.returncode == 127
+    message, _ = error_and_hint(r.stderr.decode())
+    assert message == "command not found: `a\\x0ab\\x1b[31m\\u200b`"
