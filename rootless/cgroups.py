@@ -84,8 +84,17 @@ class Limits:
 
 # --- parsing options (pure) -----------------------------------------------------------
 
+# pids.max counts rbox's stage-1 and PID 1 too (both live in `payload`): below 3 not
+# even the command could start.
+PIDS_MIN, PIDS_MAX = 3, 4194304
+MAX_SIZE = (1 << 63) - 1      # the kernel's limit files hold a signed 64-bit byte count
+
+
 def parse_size(text: str, option: str) -> int:
-    """`512M` -> bytes: K, M, G, T are powers of 1024 (as in cgroup files and podman)."""
+    """`512M` -> bytes: K, M, G, T are powers of 1024 (as in cgroup files and podman).
+
+    Decimal fractions are allowed (`1.5G`); `inf`, `nan` and sizes beyond MAX_SIZE are
+    not (float() accepts `inf` and `1e400`, which int() then cannot convert)."""
     body = text.strip().upper().removesuffix("B").removesuffix("I")
     unit = body[-1:] if body[-1:] in UNITS and body[-1:] != "" else ""
     number = body[:-1] if unit else body
@@ -93,8 +102,10 @@ def parse_size(text: str, option: str) -> int:
         value = float(number) * UNITS[unit]
     except ValueError:
         value = -1
-    if value < 4096 or value != value:
-        raise SpecError(f"invalid size `{text}` for {option}", hint="use a number with K, M, G or T, e.g. 512M")
+    if not 4096 <= value <= MAX_SIZE:   # false for nan and inf, too
+        raise SpecError(f"invalid size `{_short(text)}` for {option}",
+                        hint="use a number of at least 4096 bytes with K, M, G or T, e.g. 512M"
+                        if value < 4096 or value != value else "use at most 8388607T (2^63 - 1 bytes)")
     return int(value)
 
 
@@ -103,11 +114,19 @@ def parse_number(text: str, option: str, low: float, high: float, integer: bool 
         value: int | float = int(text) if integer else float(text)
     except ValueError:
         value = float("nan")
-    if not low <= value <= high:
-        span = f"{low:g} to {high:g}"
-        raise SpecError(f"invalid value `{text}` for {option}", hint=f"use a {'whole ' if integer else ''}number "
-                                                                       f"from {span}")
+    if not low <= value <= high:    # false for nan and inf, too
+        span = f"{_number(low)} to {_number(high)}"
+        raise SpecError(f"invalid value `{_short(text)}` for {option}",
+                        hint=f"use a {'whole ' if integer else ''}number from {span}")
     return value
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if value == int(value) else f"{value:g}"
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def format_size(n: int) -> str:
@@ -303,8 +322,6 @@ def reexec_in_scope(systemd_run: str, bus: str, argv: list[str]) -> None:
                "--", sys.executable, "-m", "rootless", *argv]
     log.step(" ".join(command))
     env = dict(os.environ, RBOX_IN_SCOPE="1", DBUS_SESSION_BUS_ADDRESS=bus)
-    sys.stdout.flush()
-    sys.stderr.flush()
     from rootless import fds
 
     fds.inherit()        # the --pass-fd descriptors, for the second rbox to pass on

@@ -10,25 +10,21 @@ import os
 import sys
 
 from rootless import __version__, log, options
-from rootless.errors import EXIT_SETUP, RboxError
+from rootless.errors import BUG_HINT, EXIT_SETUP, RboxError, resource_error
 
 
 def entry() -> None:
-    """The `rbox` console script: main(), then exit without interpreter finalization.
+    """The `rbox` script (bin/rbox, rootless/__main__.py): main(), then exit without
+    interpreter finalization.
 
     rbox registers no atexit work, so tearing down every module object only costs time
-    (about 3 ms of a 30 ms run); stdio is flushed first.
+    (about 3 ms of a 30 ms run). rbox writes with os.write (log.py), so nothing is
+    buffered; a closed stdout or stderr (Python then has None there) changes nothing.
     """
     from rootless import fds
 
     fds.reserve_stdio()     # before anything opens a file that could land on 0, 1 or 2
-    code = main()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError):
-            pass
-    os._exit(code)
+    os._exit(main())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,13 +37,25 @@ def main(argv: list[str] | None = None) -> int:
         return e.exit_code
     except KeyboardInterrupt:
         return 130
+    except OSError as e:
+        # A resource ran out (processes, descriptors, space) somewhere in the parent: the
+        # limit is named with how to raise it. Any other OSError is a bug (below).
+        error = resource_error(e)
+        if error is None:
+            return _internal_error(e)
+        _print_error(error.message, error.hint)
+        return error.exit_code
     except Exception as e:  # noqa: BLE001 - the last line of defence: no traceback by default
-        if log.debugging():
-            import traceback
+        return _internal_error(e)
 
-            traceback.print_exc()
-        _print_error(f"internal error: {type(e).__name__}: {e}", "run again with --debug and report this as a bug")
-        return EXIT_SETUP
+
+def _internal_error(e: BaseException) -> int:
+    if log.debugging():
+        import traceback
+
+        log.write_raw(traceback.format_exc())
+    _print_error(f"internal error: {type(e).__name__}: {e}", BUG_HINT)
+    return EXIT_SETUP
 
 
 def _main(argv: list[str]) -> int:
@@ -136,6 +144,9 @@ def _str(value: object) -> str | None:
 
 
 def _print_error(message: str, hint: str | None) -> None:
-    text = f"rbox: error: {message}\n" + (f"hint: {hint}\n" if hint else "")
-    sys.stderr.write(text)
-    sys.stderr.flush()
+    """`rbox: error:` and `hint:`, each one line (log.printable escapes control
+    characters and bytes that are not UTF-8); nothing at all when stderr is closed."""
+    text = log.printable(message)
+    if len(text) > 8000:     # a value someone pasted by mistake must not flood the terminal
+        text = text[:8000] + "..."
+    log.write_raw(f"rbox: error: {text}\n" + (f"hint: {log.printable(hint)}\n" if hint else ""))

@@ -189,6 +189,8 @@ def _write_all(fd: int, data: bytes) -> None:
         try:
             view = view[os.write(fd, view):]
         except BlockingIOError:
-            select.select([], [fd], [])
-        except BrokenPipeError:
-            return  # nobody reads our output any more; the command finds out from its pty
+            poller = select.poll()     # not select(): fd may be 1024 or more
+            poller.register(fd, select.POLLOUT)
+            poller.poll()
+        except OSError:
+            return  # nobody reads our output any more (EPIPE, EIO of a terminal gone, EBADF)

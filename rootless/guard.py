@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 
 from rootless import log
-from rootless.errors import EXIT_SETUP, RboxError
+from rootless.errors import EXIT_SETUP, RboxError, resource_error
 
 TYPE_CHECKING = False  # not `from typing import ...`: typing costs 9 ms at start-up
 if TYPE_CHECKING:
@@ -30,15 +30,23 @@ def run_child(chan: Channel, role: str, body: Callable[[], int]) -> None:
     except RboxError as e:
         code = e.exit_code
         _report(chan, e)
+    except OSError as e:
+        # A resource ran out here (fork, a descriptor, space): rbox's failure, in words.
+        error = resource_error(e, f"in {role}")
+        _report(chan, error or _internal(role, e))
     except BaseException as e:  # noqa: BLE001 - nothing may escape a forked child
-        message = f"internal error in {role}: {type(e).__name__}: {e}"
-        if log.debugging():
-            import traceback  # only on this path: it costs 5 ms at start-up
-
-            message += "\n" + traceback.format_exc().rstrip()
-        _report(chan, RboxError(message, hint="run again with --debug and report this as a bug"))
+        _report(chan, _internal(role, e))
     finally:
         os._exit(code)
+
+
+def _internal(role: str, e: BaseException) -> RboxError:
+    if log.debugging():
+        import traceback  # only on this path: it costs 5 ms at start-up
+
+        log.write_raw(traceback.format_exc())   # the error itself stays one line
+    return RboxError(f"internal error in {role}: {type(e).__name__}: {e}",
+                     hint="run again with --debug and report this as a bug")
 
 
 def _report(chan: Channel, err: RboxError) -> None:

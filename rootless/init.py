@@ -96,7 +96,11 @@ def enter_nested_userns(link: sync.Channel) -> None:
     try:
         sc.unshare(sc.CLONE_NEWUSER)
     except OSError as e:
-        raise NamespaceError(f"cannot create the nested user namespace: {e.strerror}") from None
+        reason = "the limit on user namespaces is reached (ENOSPC)" if e.errno == errno.ENOSPC else e.strerror
+        raise NamespaceError(f"cannot create the nested user namespace: {reason}",
+                             hint="end other sandboxes or containers of yours, or an administrator can raise "
+                                  "user.max_user_namespaces; with subordinate ids no nested namespace is needed "
+                                  "(see rbox(1), HOST SETUP)") from None
     link.send(sync.NESTED_USERNS)
     link.expect(sync.NESTED_MAPPED)
     link.close()
@@ -133,7 +137,8 @@ def set_hostname(name: str) -> None:
     try:
         sc.sethostname(name)
     except OSError as e:
-        raise NamespaceError(f"cannot set the host name: {e.strerror}") from None
+        raise NamespaceError(f"cannot set the host name: {e.strerror}",
+                             hint="choose another --hostname (letters, digits, `-` and `.`)") from None
 
 
 def supervise(command: int, chan: sync.Channel | None = None) -> int:

@@ -15,7 +15,7 @@ import os
 
 from rootless import log, net
 from rootless import syscalls as sc
-from rootless.errors import MountError
+from rootless.errors import MountError, resource_hint
 from rootless.spec import Spec
 
 OLDROOT = "/oldroot"
@@ -94,7 +94,8 @@ class Hide(Op):
         elif os.path.lexists(dst):
             _mount(oldroot + "/dev/null", dst, None, sc.MS_BIND, what=f"hide `{self.dst}`")
         else:
-            raise MountError(f"cannot hide `{self.dst}`: No such file or directory in the sandbox")
+            raise MountError(f"cannot hide `{self.dst}`: No such file or directory in the sandbox",
+                             hint="check the path; only what exists can be hidden (a missing path needs no hiding)")
 
 
 class Proc(Op):
@@ -273,7 +274,8 @@ def resolve_in(root: str, path: str, max_links: int = 40) -> str:
         if os.path.islink(root + candidate):
             links += 1
             if links > max_links:
-                raise MountError(f"cannot resolve `{path}`: too many levels of symbolic links")
+                raise MountError(f"cannot resolve `{path}`: too many levels of symbolic links",
+                                 hint="the path has a symbolic link loop: use the real path")
             target = os.readlink(root + candidate)
             if target.startswith("/"):
                 resolved = ""
@@ -299,7 +301,9 @@ def ensure_mountpoint(root: str, path: str, directory: bool, what: str) -> str:
             raise MountError(f"cannot {what}: `{path}` does not exist in the sandbox and its parent "
                              "is read-only", hint="use a destination that exists on the host, or one "
                              "under /tmp, /run or a --tmpfs") from None
-        raise MountError(f"cannot {what}: cannot create `{path}`: {e.strerror}") from None
+        raise MountError(f"cannot {what}: cannot create `{path}`: {e.strerror}",
+                         hint=resource_hint(e.errno or 0) or "use a destination that exists, or one under /tmp, "
+                         "/run or a --tmpfs") from None
     return dst
 
 
@@ -308,7 +312,14 @@ def _mount(src: str | None, dst: str, fstype: str | None, flags: int, data: str 
     try:
         sc.mount(src, dst, fstype, flags, data)
     except OSError as e:
-        raise MountError(f"cannot {what}: {e.strerror}") from None
+        raise MountError(f"cannot {what}: {e.strerror}", hint=_mount_hint(e.errno or 0)) from None
+
+
+def _mount_hint(err: int) -> str:
+    if err == errno.ENOTDIR:
+        return ("a directory goes on a directory, a file on a file: check both paths (--hide hides a file, "
+                "--tmpfs needs a directory)")
+    return resource_hint(err) or "run again with --debug to see the mounts before it; see rbox(1), HOST SETUP"
 
 
 # Flags a remount must keep: the kernel refuses (EPERM) to clear a flag that was locked
@@ -328,7 +339,8 @@ def make_readonly(path: str, oldroot: str) -> None:
         return
     except OSError as e:
         if e.errno != errno.ENOSYS:
-            raise MountError(f"cannot make `{path}` read-only: {e.strerror}") from None
+            raise MountError(f"cannot make `{path}` read-only: {e.strerror}",
+                             hint="run again with --debug and report this as a bug") from None
     # Kernels before 5.12 (RHEL 8, Debian 11) have no mount_setattr: remount one by one.
     for mountpoint in submounts(path, f"{oldroot}/proc/self/mountinfo"):
         try:
@@ -343,7 +355,8 @@ def make_readonly(path: str, oldroot: str) -> None:
             sc.mount(None, mountpoint, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | keep)
         except OSError as e:
             if e.errno not in (errno.ENOENT, errno.EACCES):
-                raise MountError(f"cannot make `{mountpoint}` read-only: {e.strerror}") from None
+                raise MountError(f"cannot make `{mountpoint}` read-only: {e.strerror}",
+                                 hint="run again with --debug and report this as a bug") from None
 
 
 def submounts(path: str, mountinfo: str) -> list[str]:

@@ -171,10 +171,12 @@ def _parse_options(argv: list[str], table: tuple[Opt, ...], values: dict[str, ob
         if opt.takes_value and value is None:
             i += 1
             if i >= len(argv):
-                raise SpecError(f"option `{name}` needs a value ({opt.metavar})")
+                raise SpecError(f"option `{name}` needs a value ({opt.metavar})",
+                                hint=f"write `{name} {opt.metavar}`; see `{where} --help`")
             value = argv[i]
         elif not opt.takes_value and value is not None:
-            raise SpecError(f"option `{name}` takes no value")
+            raise SpecError(f"option `{name}` takes no value",
+                            hint=f"write `{name}` alone, without `={value}`")
         _store(opt, name, value, values)
         i += 1
     return []

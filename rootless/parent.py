@@ -17,10 +17,10 @@ import time
 
 from rootless import log, mounts, stage1, state, sync, userns
 from rootless.console import Console
-from rootless.errors import ProtocolError, waitstatus_to_code
+from rootless.errors import BUG_HINT, SLOW_HINT, ProtocolError, RboxError, waitstatus_to_code
 from rootless.guard import run_child
 from rootless.signals import FORWARDED, TERMINATING, block, read_signalfd, signalfd
-from rootless.spawn import Aborted
+from rootless.spawn import Aborted, readable
 from rootless.spec import Spec
 
 SETUP_TIMEOUT = 30.0
@@ -158,9 +158,24 @@ class Sandbox:
         self.chan_open = True
         self.status: int | None = None
         self.hangup_at: float | None = None
+        self.helper_gone = False
 
     def setup(self, idmap: userns.IdMapPlan) -> None:
-        """Steps 1-5 of the protocol: on return the command is running."""
+        """Steps 1-5 of the protocol: on return the command is running.
+
+        A child that fails sends its ERROR before it exits, and its exit can make
+        something here fail too (a broken pipe, a helper that finds PID 1's namespaces
+        gone): the child's ERROR is the news, whatever failed here after it."""
+        try:
+            self._setup(idmap)
+        except (RboxError, OSError) as e:
+            first = self.chan.pending_error()
+            if first is None:
+                raise
+            log.step(f"after the sandbox's own error: {type(e).__name__}: {e}")
+            raise first from None
+
+    def _setup(self, idmap: userns.IdMapPlan) -> None:
         self.expect(sync.USERNS_READY)
         if self.subtree is not None:
             # Before stage-1 creates its cgroup namespace: it is rooted at `payload`.
@@ -176,7 +191,7 @@ class Sandbox:
                 self.driver.start(self.init_pid, abort_fd=self.chan.rfd)
             except Aborted:
                 self.expect(sync.RUNNING)   # raises init's ERROR, or says it died
-                raise ProtocolError("PID 1 spoke out of turn while the network was set up") from None
+                raise ProtocolError("PID 1 spoke out of turn while the network was set up", hint=BUG_HINT) from None
         self.chan.send(sync.NETWORK_DONE)
         self.expect(sync.RUNNING)
         if self.fd_sock is not None:
@@ -187,7 +202,7 @@ class Sandbox:
         import socket  # already loaded by fd_socket_pair()
 
         assert self.fd_sock is not None
-        if not select.select([self.fd_sock], [], [], SETUP_TIMEOUT)[0]:
+        if not readable([self.fd_sock.fileno()], SETUP_TIMEOUT):
             raise ProtocolError("init did not pass the pseudo-terminal")
         _, fds, _, _ = socket.recv_fds(self.fd_sock, 16, 1)
         if not fds:
@@ -256,16 +271,31 @@ class Sandbox:
         poller.register(self.sigfd, select.POLLIN)
         for fd, events in self.console.poll_events() if self.console else ():
             poller.register(fd, events)
+        helper = self.driver.watch_fd if self.driver is not None and not self.helper_gone else None
+        if helper is not None:
+            poller.register(helper, select.POLLIN)
         ready = dict(poller.poll(None if timeout is None else timeout * 1000))
         if not ready and not may_time_out:
-            raise ProtocolError(f"the sandbox did not finish setting up within {timeout:g} s")
+            raise ProtocolError(f"the sandbox did not finish setting up within {timeout:g} s", hint=SLOW_HINT)
         if self.sigfd in ready:
             self._on_signal(read_signalfd(self.sigfd))
+        if helper is not None and helper in ready:
+            self._on_helper_exit()
         if self.console:
             for fd, events in ready.items():
-                if fd not in (self.chan.rfd, self.sigfd):
+                if fd not in (self.chan.rfd, self.sigfd, helper):
                     self.console.on_ready(fd, events)
         return self.chan_open and self.chan.rfd in ready
+
+    def _on_helper_exit(self) -> None:
+        """The network helper died (killed, crashed, out of memory) while PID 1 lives:
+        one warning; the command keeps running, without a network (rbox(1), NETWORK)."""
+        assert self.driver is not None
+        self.helper_gone = True
+        init_gone = select.poll()
+        init_gone.register(self.chan.rfd, 0)     # POLLHUP only: PID 1 exited, the sandbox is ending
+        if self.chan_open and not init_gone.poll(0):
+            log.warn(f"{self.driver.death_note()}; the sandbox has no network from now on")
 
     def _on_signal(self, signo: int) -> None:
         log.step(f"got signal {signal.Signals(signo).name}")

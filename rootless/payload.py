@@ -19,7 +19,7 @@ import termios
 
 from rootless import console, fds, seccomp
 from rootless import syscalls as sc
-from rootless.errors import EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, RboxError
+from rootless.errors import EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, RboxError, resource_error, resource_hint
 from rootless.signals import COMMAND_DEFAULTS
 from rootless.spec import Spec
 
@@ -86,7 +86,13 @@ def open_pty() -> tuple[int, int]:
     caller's terminal, and made init's controlling terminal: init leads a session of its
     own (init.py), and TIOCSCTTY gives a session leader without one its terminal (tty(4)).
     The command's process group becomes its foreground group once spawned."""
-    master, slave = os.openpty()
+    try:
+        master, slave = os.openpty()
+    except OSError as e:
+        # After the user's mounts: a --tmpfs or --hide of /dev, /dev/pts or /dev/ptmx.
+        raise RboxError(f"cannot open a pseudo-terminal in the sandbox: {e.strerror}",
+                        hint=resource_hint(e.errno or 0) or "leave /dev, /dev/pts and /dev/ptmx uncovered, or run "
+                        "with -T (no pseudo-terminal)") from None
     if os.isatty(0):
         termios.tcsetattr(slave, termios.TCSANOW, termios.tcgetattr(0))
         rows, cols = console.window_size(0)
@@ -137,10 +143,24 @@ def find_command(name: str, path: str | None) -> str:
 def exec_error(spec: Spec, err: int) -> RboxError:
     reason = os.strerror(err) if err else "unknown error"
     cmd = spec.command[0]
+    if err in (errno.EAGAIN, errno.ENOMEM):
+        # posix_spawn's clone() failed: rbox ran out of processes or memory, the command
+        # is not to blame (125, not 126).
+        error = resource_error(OSError(err, reason), "while starting the command")
+        assert error is not None
+        return error
     if err == errno.ENOENT:
         if "/" in cmd and os.path.exists(os.path.join(spec.workdir, cmd)):
             # execve gives ENOENT for a script whose interpreter is missing, too.
             return RboxError(f"cannot execute `{cmd}`: its interpreter (#! line) was not found",
-                             exit_code=EXIT_NOT_FOUND)
-        return RboxError(f"command not found: `{cmd}`", exit_code=EXIT_NOT_FOUND)
-    return RboxError(f"cannot execute `{cmd}`: {reason}", exit_code=EXIT_CANNOT_EXEC)
+                             hint="install the interpreter its first line names inside the sandbox's view, "
+                                  "or fix that line", exit_code=EXIT_NOT_FOUND)
+        where = "in the sandbox" if "/" in cmd else "on the sandbox's PATH"
+        return RboxError(f"command not found: `{cmd}`",
+                         hint=f"check the name; it must exist {where} (PATH={spec.env.get('PATH', os.defpath)})",
+                         exit_code=EXIT_NOT_FOUND)
+    hints = {errno.ENOEXEC: "it is not a program this system runs (a script needs a #! line)",
+             errno.E2BIG: "its arguments and environment are too large: pass fewer or shorter ones (or --clearenv)"}
+    return RboxError(f"cannot execute `{cmd}`: {reason}",
+                     hint=hints.get(err, "it must be a file with execute permission (chmod +x) on a filesystem "
+                                         "mounted without noexec"), exit_code=EXIT_CANNOT_EXEC)

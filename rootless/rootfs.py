@@ -42,7 +42,9 @@ def enter_workspace() -> None:
         sc.pivot_root(WORKSPACE, "oldroot")
         os.chdir("/")
     except OSError as e:
-        raise MountError(f"cannot set up the sandbox's root ({getattr(e, 'call', 'setup')}): {e.strerror}") from None
+        raise MountError(f"cannot set up the sandbox's root ({getattr(e, 'call', 'setup')}): {e.strerror}",
+                         hint="run `rbox check`; rbox needs mounts in a user namespace (see rbox(1), HOST SETUP)"
+                         ) from None
 
 
 def finish_pivot() -> None:
@@ -53,4 +55,6 @@ def finish_pivot() -> None:
         sc.umount2(".", sc.MNT_DETACH)
         os.chdir("/")
     except OSError as e:
-        raise MountError(f"cannot pivot into the sandbox's root: {e.strerror}") from None
+        raise MountError(f"cannot pivot into the sandbox's root: {e.strerror}",
+                         hint="run again with --debug to see the mount that caused it, and report this as a bug"
+                         ) from None

@@ -65,8 +65,7 @@ class Helper:
         return self.status
 
     def wait_exit(self, timeout: float) -> int | None:
-        if select.select([self.pidfd], [], [], timeout)[0]:
-            return self.poll_exit()
+        readable([self.pidfd], timeout)
         return self.poll_exit()
 
     def wait_readable(self, fd: int, timeout: float, abort_fd: int | None = None) -> bool:
@@ -79,7 +78,7 @@ class Helper:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            ready = select.select(watched, [], [], left)[0]
+            ready = readable(watched, left)
             if fd in ready:
                 return True
             if abort_fd is not None and abort_fd in ready:
@@ -114,6 +113,15 @@ class Helper:
                 _, self.status = os.waitpid(self.pid, 0)
         os.close(self.pidfd)
         os.close(self.output)
+
+
+def readable(fds: list[int], timeout: float) -> list[int]:
+    """The fds of `fds` that are readable (or hung up) within `timeout` seconds.
+    poll(2), not select(2): select cannot watch a descriptor numbered 1024 or more."""
+    poller = select.poll()
+    for fd in fds:
+        poller.register(fd, select.POLLIN)
+    return [fd for fd, _ in poller.poll(max(0.0, timeout) * 1000)]
 
 
 def run(argv: list[str], timeout: float, whole: bool = False) -> tuple[int | None, str]:

@@ -263,7 +263,7 @@ def _limits(v: dict[str, object]) -> Limits | None:
     return cg.Limits(memory=size("memory"), memory_high=size("memory_high"),
                      memory_swap=size("memory_swap", allow_zero=True),
                      cpus=None if cpus is None else float(cpus), cpu_weight=number("cpu_weight", 1, 10000),
-                     pids=number("pids_limit", 1, 4194304), io_weight=number("io_weight", 1, 10000))
+                     pids=number("pids_limit", cg.PIDS_MIN, cg.PIDS_MAX), io_weight=number("io_weight", 1, 10000))
 
 
 def _ports(v: dict[str, object], mode: str) -> list[Port]:
@@ -282,13 +282,15 @@ def _ports(v: dict[str, object], mode: str) -> list[Port]:
 
 def _allow_host_loopback(v: dict[str, object], mode: str) -> bool:
     if v.get("allow_host_loopback") and not uses_helper(mode):
-        raise SpecError(f"--allow-host-loopback needs --net=slirp4netns or --net=pasta, not --net={mode}")
+        raise SpecError(f"--allow-host-loopback needs --net=slirp4netns or --net=pasta, not --net={mode}",
+                        hint="drop --allow-host-loopback, or choose --net=slirp4netns or --net=pasta")
     return bool(v.get("allow_host_loopback"))
 
 
 def _pty(v: dict[str, object], tty: bool) -> bool:
     if v.get("tty") and v.get("no_tty"):
-        raise SpecError("-t/--tty and -T/--no-tty exclude each other")
+        raise SpecError("-t/--tty and -T/--no-tty exclude each other",
+                        hint="give one of them: -t for a new pseudo-terminal, -T for none")
     return bool(v.get("tty")) or (tty and not v.get("no_tty"))
 
 
@@ -309,10 +311,18 @@ def _command(parsed: Parsed, shell: str) -> list[str]:
     return parsed.args
 
 
+PATH_MAX = 4096   # bytes, with the terminating NUL (limits.h): longer paths fail in every system call
+
+
 def _absolute(path: str, cwd: str, what: str) -> str:
     if not path:
-        raise SpecError(f"empty path given to {what}")
-    return os.path.normpath(os.path.join(cwd, path))
+        raise SpecError(f"empty path given to {what}", hint=f"give {what} a path, e.g. {what} /tmp")
+    full = os.path.normpath(os.path.join(cwd, path))
+    size = len(os.fsencode(full))
+    if size >= PATH_MAX:
+        raise SpecError(f"the path given to {what} is {size} bytes long: `{full[:40]}...`",
+                        hint=f"Linux paths are at most {PATH_MAX - 1} bytes (PATH_MAX); use a shorter one")
+    return full
 
 
 def _user_mount(kind: str, value: str, cwd: str, view: View) -> UserMount:
@@ -331,7 +341,8 @@ def _user_mount(kind: str, value: str, cwd: str, view: View) -> UserMount:
         raise SpecError(f"cannot bind `{typed_src}`: {e.strerror}",
                         hint=f"the source of {kind} SRC[:DST] must exist on the host") from None
     if sep and not dst_text.startswith("/"):
-        raise SpecError(f"the destination of {kind} must be an absolute path, not `{dst_text}`")
+        raise SpecError(f"the destination of {kind} must be an absolute path, not `{dst_text}`",
+                        hint=f"write {kind} SRC:/ABSOLUTE/PATH")
     src = os.path.realpath(os.path.join(cwd, src_text))
     dst = _resolve(view, dst_text if sep else os.path.join(cwd, src_text), kind)
     _not_root(dst, kind)
@@ -346,9 +357,23 @@ def _resolve(view: View, path: str, kind: str) -> str:
         raise SpecError(f"cannot resolve `{path}` for {kind}: {e.strerror}") from None
 
 
+# The sandbox's /proc is its own PID namespace's: it shows only the sandbox's processes,
+# so covering it hides nothing of the host, while /dev/fd, /dev/stdin... point into it
+# and PID 1 uses its own entry (/proc/self, which is /proc/1). Entries below /proc that
+# describe the host (/proc/cpuinfo, /proc/sys) may be hidden.
+RESERVED = ("/proc", "/proc/self", "/proc/thread-self", "/proc/1")
+
+
 def _not_root(dst: str, kind: str) -> None:
+    reserved = next((r for r in RESERVED if dst == r or (r != "/proc" and dst.startswith(r + "/"))), None)
+    if reserved is not None:
+        raise SpecError(f"{kind} {dst}: rbox needs `{reserved}` as it is (the sandbox's own, of its PID namespace)",
+                        hint="it shows only the sandbox's processes; to hide what it tells of the host, "
+                             "hide entries below it instead, e.g. --hide /proc/cpuinfo")
     if dst == "/":
-        raise SpecError(f"{kind} cannot replace the sandbox's `/`")
+        raise SpecError(f"{kind} cannot replace the sandbox's `/`",
+                        hint="the host's / is the sandbox's, read-only; bind or mount below it, e.g. "
+                             f"{kind} {'SRC:/mnt' if kind.endswith('bind') else '/mnt'}")
 
 
 def _workdir(value: object, cwd: str) -> str:

@@ -24,7 +24,7 @@ import signal
 
 from rootless import init, log, sync
 from rootless import syscalls as sc
-from rootless.errors import NamespaceError, ProtocolError, RboxError, waitstatus_to_code
+from rootless.errors import NamespaceError, ProtocolError, RboxError, resource_hint, waitstatus_to_code
 from rootless.guard import run_child
 from rootless.spec import Spec
 from rootless.userns import IdMapPlan, map_text
@@ -106,7 +106,7 @@ def arm_death_signal(parent_pid: int) -> None:
     sc.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != parent_pid:
         # The parent died before the death signal was armed (bubblewrap#633).
-        raise ProtocolError("rbox exited during setup")
+        raise ProtocolError("rbox exited during setup", hint="nothing to do: rbox itself was ended")
 
 
 def unshare_user() -> None:
@@ -141,4 +141,6 @@ def unshare_rest(spec: Spec) -> None:
     try:
         sc.unshare(flags)
     except OSError as e:
-        raise NamespaceError(f"cannot create the {names} namespaces: {e.strerror}") from None
+        raise NamespaceError(f"cannot create the {names} namespaces: {e.strerror}",
+                             hint=resource_hint(e.errno or 0) or "a limit such as user.max_net_namespaces may be "
+                             "reached or 0; see rbox(1), HOST SETUP") from None

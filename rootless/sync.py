@@ -26,6 +26,11 @@ and `json` cost about 6 ms each to import (they pull in enum and re), and start-
 is a feature. Messages are one line each, `TYPE key=value ...`, values percent-escaped;
 decoding is plain string splitting, so a malformed line from a compromised peer can only
 raise ProtocolError. Writes are far below PIPE_BUF, so each message is written atomically.
+
+Bytes are bytes: a command name, a path or a message may hold bytes that are not UTF-8
+(Python carries them as surrogate escapes, PEP 383), so the codec uses surrogateescape
+both ways. Error fields are cut to FIELD_MAX characters, so that no message (a
+`command not found` for a name of 100,000 characters) can exceed MAX_LINE.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import os
 import select
 import time
 
-from rootless.errors import ProtocolError, RboxError
+from rootless.errors import BUG_HINT, SLOW_HINT, ProtocolError, RboxError
 
 USERNS_READY = "USERNS_READY"
 IDMAP_DONE = "IDMAP_DONE"
@@ -47,6 +52,7 @@ NESTED_MAPPED = "NESTED_MAPPED"
 ERROR = "ERROR"
 
 MAX_LINE = 65536
+FIELD_MAX = 2000
 _ESCAPES = (("%", "%25"), (" ", "%20"), ("\n", "%0A"), ("\r", "%0D"))
 
 
@@ -57,21 +63,18 @@ def encode(kind: str, fields: dict[str, str | int] | None = None) -> bytes:
         for raw, esc in _ESCAPES:
             text = text.replace(raw, esc)
         parts.append(f"{key}={text}")
-    return (" ".join(parts) + "\n").encode()
+    return (" ".join(parts) + "\n").encode("utf-8", "surrogateescape")
 
 
 def decode(line: bytes) -> tuple[str, dict[str, str]]:
-    try:
-        words = line.decode().rstrip("\n").split(" ")
-    except UnicodeDecodeError:
-        raise ProtocolError("malformed setup message (not UTF-8)") from None
+    words = line.decode("utf-8", "surrogateescape").rstrip("\n").split(" ")
     kind, fields = words[0], {}
     if not kind.isupper():
-        raise ProtocolError(f"malformed setup message `{kind[:40]}`")
+        raise ProtocolError(f"malformed setup message `{kind[:40]}`", hint=BUG_HINT)
     for word in words[1:]:
         key, sep, text = word.partition("=")
         if not sep:
-            raise ProtocolError(f"malformed field in setup message {kind}")
+            raise ProtocolError(f"malformed field in setup message {kind}", hint=BUG_HINT)
         for raw, esc in reversed(_ESCAPES):
             text = text.replace(esc, raw)
         fields[key] = text
@@ -89,20 +92,45 @@ class Channel:
         os.write(self.wfd, encode(kind, fields))
 
     def send_error(self, err: RboxError) -> None:
-        self.send(ERROR, message=err.message, hint=err.hint or "", code=err.exit_code)
+        self.send(ERROR, message=shorten(err.message), hint=shorten(err.hint or ""), code=err.exit_code)
+
+    def pending_error(self) -> RboxError | None:
+        """The ERROR the peer already sent, without waiting; None if there is none.
+
+        For the parent when a secondary failure ends setup (a helper that lost PID 1's
+        namespaces, a broken pipe to PID 1): PID 1 sends its ERROR before it exits, so
+        when PID 1's exit caused the secondary failure, its ERROR is here already."""
+        try:
+            while self._wait_readable(time.monotonic()):
+                chunk = os.read(self.rfd, 4096)
+                if not chunk:
+                    break
+                self._buf += chunk
+                if len(self._buf) > MAX_LINE:
+                    break
+        except OSError:
+            pass
+        for line in self._buf.split(b"\n")[:-1]:
+            try:
+                kind, fields = decode(line)
+            except ProtocolError:
+                continue
+            if kind == ERROR:
+                return error_from_fields(fields)
+        return None
 
     def receive(self, timeout: float | None) -> tuple[str, dict[str, str]] | None:
         """The next message, or None at EOF (every writer is gone)."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while b"\n" not in self._buf:
             if not self._wait_readable(deadline):
-                raise ProtocolError(f"{self.peer} did not answer within {timeout:g} s")
+                raise ProtocolError(f"{self.peer} did not answer within {timeout:g} s", hint=SLOW_HINT)
             chunk = os.read(self.rfd, 4096)
             if not chunk:
                 return None
             self._buf += chunk
             if len(self._buf) > MAX_LINE:
-                raise ProtocolError(f"oversized setup message from {self.peer}")
+                raise ProtocolError(f"oversized setup message from {self.peer}", hint=BUG_HINT)
         line, _, self._buf = self._buf.partition(b"\n")
         return decode(line)
 
@@ -115,7 +143,7 @@ class Channel:
         if got == ERROR:
             raise error_from_fields(fields)
         if got != kind:
-            raise ProtocolError(f"expected {kind} from {self.peer}, got {got}")
+            raise ProtocolError(f"expected {kind} from {self.peer}, got {got}", hint=BUG_HINT)
         return fields
 
     def _wait_readable(self, deadline: float | None) -> bool:
@@ -136,6 +164,14 @@ class Channel:
                 pass
         # A late send (an error report) must fail, not write to whatever reuses the number.
         self.rfd = self.wfd = -1
+
+
+def shorten(text: str, limit: int = FIELD_MAX) -> str:
+    """At most `limit` characters: the start and the end, the middle elided."""
+    if len(text) <= limit:
+        return text
+    half = (limit - 5) // 2
+    return f"{text[:half]} ... {text[-half:]}"
 
 
 def error_from_fields(fields: dict[str, str]) -> RboxError:

@@ -13,6 +13,7 @@ import, which rbox does not spend on its start-up path.
 from __future__ import annotations
 
 import ctypes
+import errno
 import os
 
 import _prctl
@@ -63,6 +64,7 @@ _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 _libc.unshare.argtypes = (ctypes.c_int,)
 _libc.sethostname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
 _libc.syscall.restype = ctypes.c_long
+_libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
 
 
 class _MountAttr(ctypes.Structure):
@@ -160,9 +162,18 @@ def set_dumpable(on: bool) -> None:
     _prctl.prctl(_prctl.PR_SET_DUMPABLE, 1 if on else 0)
 
 
+PR_CAPBSET_DROP = 24
+
+
 def drop_bounding_set() -> None:
-    """Drop every capability from the bounding set (needs CAP_SETPCAP in our user ns)."""
-    with open("/proc/sys/kernel/cap_last_cap") as f:
-        last = int(f.read())
-    for cap in range(last + 1):
-        _prctl.prctl(_prctl.PR_CAPBSET_DROP, cap)
+    """Drop every capability from the bounding set (needs CAP_SETPCAP in our user ns).
+
+    Capability by capability until the kernel says EINVAL (one past its last), with no
+    file read: this runs after the mounts, where /proc/sys/kernel/cap_last_cap may be
+    hidden or replaced by a --tmpfs or --bind of the user's; and through libc rather
+    than _prctl, which refuses capabilities newer than the libcap it was built with."""
+    for cap in range(64):
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
+            if ctypes.get_errno() == errno.EINVAL and cap > 0:
+                return
+            raise oserror("prctl(PR_CAPBSET_DROP)")

@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 
 from rootless import log
-from rootless.errors import NamespaceError
+from rootless.errors import NamespaceError, resource_hint, resource_hint_in
 
 Range = tuple[int, int]              # (first outer id, count)
 Extent = tuple[int, int, int]        # (inner id, outer id, count), as in /proc/PID/uid_map
@@ -263,10 +263,13 @@ def run_helper(argv: list[str]) -> None:
     try:
         code, output = spawn.run(argv, HELPER_TIMEOUT)
     except OSError as e:
-        raise NamespaceError(f"cannot run `{argv[0]}`: {e.strerror}") from None
+        raise NamespaceError(f"cannot run `{argv[0]}`: {e.strerror}",
+                             hint=resource_hint(e.errno or 0) or f"`{tool}` must be an executable file "
+                             "(Debian package `uidmap`)") from None
     if code is None:
-        raise NamespaceError(f"`{tool}` did not finish within {HELPER_TIMEOUT:g} s")
+        raise NamespaceError(f"`{tool}` did not finish within {HELPER_TIMEOUT:g} s",
+                             hint="the machine may be overloaded (or a directory service slow): try again")
     if code != 0:
         raise NamespaceError(f"`{' '.join(argv)}` failed: {output}",
-                             hint=f"`{tool}` must be setuid root and your ranges in /etc/sub[ug]id "
-                                  "must be valid; see rbox(1), HOST SETUP")
+                             hint=resource_hint_in(output) or f"`{tool}` must be setuid root and your ranges in "
+                             "/etc/sub[ug]id must be valid; see rbox(1), HOST SETUP")

@@ -13,7 +13,7 @@ import json
 import socket
 
 from rootless import log, net
-from rootless.errors import RboxError
+from rootless.errors import RboxError, resource_hint
 from rootless.net.ports import Port
 
 TIMEOUT = 5.0
@@ -44,8 +44,12 @@ def check_free(port: Port) -> None:
             probe.bind((port.host_ip, port.host_port))
         except OSError as e:
             reason = "it is already in use" if e.errno == errno.EADDRINUSE else e.strerror
-            hint = ("ports below 1024 need net.ipv4.ip_unprivileged_port_start lowered by an administrator"
-                    if e.errno == errno.EACCES else "choose another host port with -p HOST_PORT:SANDBOX_PORT")
+            hint = {errno.EACCES: "ports below 1024 need net.ipv4.ip_unprivileged_port_start lowered by an "
+                                  "administrator",
+                    errno.EADDRNOTAVAIL: "HOST_IP must be an address of this machine: 127.0.0.1 (the default), "
+                                         "0.0.0.0 for all, or one of its interfaces' addresses",
+                    }.get(e.errno or 0, resource_hint(e.errno or 0) or "choose another host port with "
+                                                                      "-p HOST_PORT:SANDBOX_PORT")
             raise RboxError(f"cannot publish host port {port.host_ip}:{port.host_port}/{port.proto}: {reason}",
                             hint=hint) from None
 
@@ -61,10 +65,12 @@ def _call(api_path: str, request: dict[str, object]) -> dict[str, object]:
             while chunk := s.recv(4096):
                 data += chunk
         except OSError as e:
-            raise RboxError(f"cannot talk to slirp4netns's API socket: {e.strerror or e}") from None
+            raise RboxError(f"cannot talk to slirp4netns's API socket: {e.strerror or e}",
+                            hint=resource_hint(e.errno or 0) or "try again; or publish with --net=pasta") from None
     try:
         reply = json.loads(data.decode() or "{}")
     except ValueError:
-        raise RboxError(f"slirp4netns's API gave an unreadable reply: {data[:200]!r}") from None
+        raise RboxError(f"slirp4netns's API gave an unreadable reply: {data[:200]!r}",
+                        hint="check the installed slirp4netns (`rbox check`), or publish with --net=pasta") from None
     assert isinstance(reply, dict)
     return reply

@@ -10,7 +10,7 @@ import fcntl
 import os
 import struct
 
-from rootless.errors import NamespaceError
+from rootless.errors import NamespaceError, resource_hint
 from rootless.syscalls import libc
 
 AF_INET, SOCK_DGRAM, SOCK_CLOEXEC = 2, 2, 0o2000000
@@ -24,12 +24,15 @@ def up(name: str = "lo") -> None:
     # A raw socket(2) through libc: the `socket` module costs 6 ms to import.
     fd = libc.socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0)
     if fd < 0:
-        raise NamespaceError(f"cannot open a socket to bring `{name}` up: {os.strerror(ctypes.get_errno())}")
+        err = ctypes.get_errno()
+        raise NamespaceError(f"cannot open a socket to bring `{name}` up: {os.strerror(err)}",
+                             hint=resource_hint(err) or "run again with --debug and report this as a bug")
     try:
         req = struct.pack(_IFREQ, name.encode(), 0)
         flags = struct.unpack(_IFREQ, fcntl.ioctl(fd, SIOCGIFFLAGS, req))[1]
         fcntl.ioctl(fd, SIOCSIFFLAGS, struct.pack(_IFREQ, name.encode(), flags | IFF_UP))
     except OSError as e:
-        raise NamespaceError(f"cannot bring `{name}` up: {e.strerror}") from None
+        raise NamespaceError(f"cannot bring `{name}` up: {e.strerror}",
+                             hint="run again with --debug and report this as a bug") from None
     finally:
         os.close(fd)

@@ -30,9 +30,9 @@ import os
 import signal
 
 from rootless import log, net, spawn, state
-from rootless.errors import HostSetupError, NetworkError
+from rootless.errors import HostSetupError, NetworkError, resource_hint_in
 from rootless.net.ports import Port
-from rootless.net.slirp import READY_TIMEOUT, check_tun
+from rootless.net.slirp import READY_TIMEOUT, _said, check_tun, exit_words, failure_hint
 from rootless.userns import which
 
 
@@ -73,6 +73,7 @@ class PastaDriver:
         self.watchdog: spawn.Helper | None = None
         self.lifeline: int | None = None
         self.pid = 0
+        self.pidfd: int | None = None       # pasta's own, to notice at once when it dies
 
     def start(self, init_pid: int, abort_fd: int | None = None) -> None:
         if self.ports:
@@ -108,22 +109,54 @@ class PastaDriver:
         if pid.isdigit():
             self.pid = int(pid)
             log.step(f"pasta is ready (pid {self.pid})")
+            try:
+                self.pidfd = os.pidfd_open(self.pid)
+            except ProcessLookupError:
+                self.pidfd = None           # gone already: the watchdog's exit tells
             return
         status = self.watchdog.wait_exit(1.0)
+        output = self.watchdog.output_tail()
         if status is None:
-            raise NetworkError(f"pasta did not finish setting up within {READY_TIMEOUT:g} s: "
-                               f"{self.watchdog.output_tail()}")
-        raise NetworkError(f"pasta failed with status {os.waitstatus_to_exitcode(status)}: "
-                           f"{self.watchdog.output_tail()}")
+            raise NetworkError(f"pasta did not finish setting up within {READY_TIMEOUT:g} s: {output}",
+                               hint=resource_hint_in(output) or "the machine may be overloaded: try again, or run "
+                               "with --net=slirp4netns")
+        raise NetworkError(f"pasta failed with status {os.waitstatus_to_exitcode(status)}: {output}",
+                           hint=failure_hint(output))
+
+    # -- while the command runs (parent.py watches watch_fd) ----------------------------
+
+    @property
+    def watch_fd(self) -> int | None:
+        """Readable once pasta has exited (its pidfd, else its watchdog's)."""
+        if self.pidfd is not None:
+            return self.pidfd
+        return self.watchdog.pidfd if self.watchdog is not None else None
+
+    def death_note(self) -> str:
+        """What happened to pasta, once watch_fd is readable. The watchdog shell waits
+        for pasta and exits with its status (128+N when a signal N killed it)."""
+        assert self.watchdog is not None
+        status = self.watchdog.wait_exit(1.0)
+        if status is not None and os.WIFEXITED(status) and os.WEXITSTATUS(status) > 128:
+            words = exit_words(os.WEXITSTATUS(status) - 128)     # as a wait status: killed by that signal
+        else:
+            words = exit_words(status)
+        return f"pasta (pid {self.pid}) {words}{_said(status, self.watchdog)}"
 
     def stop(self) -> None:
         """The sandbox is gone: kill pasta at once; its watchdog shell then exits."""
         if self.pid:
             try:
-                os.kill(self.pid, signal.SIGKILL)
+                if self.pidfd is not None:
+                    signal.pidfd_send_signal(self.pidfd, signal.SIGKILL)    # never a reused pid
+                else:
+                    os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
             self.pid = 0
+        if self.pidfd is not None:
+            os.close(self.pidfd)
+            self.pidfd = None
         if self.lifeline is not None:
             os.close(self.lifeline)        # the watchdog's reader exits too
             self.lifeline = None

@@ -32,13 +32,13 @@ def parse(spec: str) -> Port:
     body, _, proto = spec.partition("/")
     proto = proto or "tcp"
     if proto not in ("tcp", "udp"):
-        raise SpecError(f"invalid protocol `{proto}` in -p {spec}", hint="use /tcp or /udp")
+        raise SpecError(f"invalid protocol `{_short(proto)}` in -p {_short(spec)}", hint="use /tcp or /udp")
     host_ip = DEFAULT_HOST_IP
     if body.startswith("["):
         # An IPv6 host address, bracketed as in a URL (RFC 3986): [::1]:8080:80.
         address, sep, body = body[1:].partition("]:")
         if not sep or not _is_ipv6(address):
-            raise SpecError(f"invalid host address in -p {spec}",
+            raise SpecError(f"invalid host address in -p {_short(spec)}",
                             hint="write an IPv6 address in brackets: -p [::1]:8080:80")
         host_ip = address
         parts = body.split(":")
@@ -47,23 +47,33 @@ def parse(spec: str) -> Port:
         if len(parts) == 3:
             host_ip = parts.pop(0) or DEFAULT_HOST_IP
             if not _is_ipv4(host_ip):
-                raise SpecError(f"invalid host address `{host_ip}` in -p {spec}",
+                raise SpecError(f"invalid host address `{_short(host_ip)}` in -p {_short(spec)}",
                                 hint="an IPv4 address such as 127.0.0.1 (the default) or 0.0.0.0 for every "
                                      "interface, or an IPv6 address in brackets: [::1]")
     if len(parts) != 2:
-        raise SpecError(f"invalid -p {spec}", hint="use [HOST_IP:]HOST_PORT:SANDBOX_PORT[/tcp|/udp]")
+        raise SpecError(f"invalid -p {_short(spec)}", hint="use [HOST_IP:]HOST_PORT:SANDBOX_PORT[/tcp|/udp]")
     return Port(host_ip, _port(parts[0], spec), _port(parts[1], spec), proto)
 
 
 def _port(text: str, spec: str) -> int:
-    if not text.isdigit() or not 0 < int(text) < 65536:
-        raise SpecError(f"invalid port `{text}` in -p {spec}", hint="ports are 1 to 65535")
+    if not _digits(text) or not 0 < int(text) < 65536:
+        raise SpecError(f"invalid port `{_short(text)}` in -p {_short(spec)}", hint="ports are 1 to 65535")
     return int(text)
 
 
 def _is_ipv4(text: str) -> bool:
     parts = text.split(".")
-    return len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts)
+    return len(parts) == 4 and all(_digits(p) and int(p) < 256 for p in parts)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 40 else text[:40] + "..."
+
+
+def _digits(text: str) -> bool:
+    # str.isdigit() is true for other scripts' digits too (`٣`), which int() accepts
+    # but slirp4netns and pasta would not.
+    return text.isascii() and text.isdigit() and len(text) <= 5
 
 
 def _is_ipv6(text: str) -> bool:
@@ -86,5 +96,6 @@ def check_unique(ports: list[Port]) -> None:
     for p in ports:
         key = (p.host_ip, p.host_port, p.proto)
         if key in seen:
-            raise SpecError(f"host port {p.host_ip}:{p.host_port}/{p.proto} is published twice")
+            raise SpecError(f"host port {p.host_ip}:{p.host_port}/{p.proto} is published twice",
+                            hint="give each -p its own host port (or a different HOST_IP or protocol)")
         seen.add(key)

@@ -19,11 +19,12 @@ slirp4netns joins PID 1's user and network namespaces, creates tap0 and configur
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 
 from rootless import log, net, spawn, state
-from rootless.errors import HostSetupError, NetworkError
+from rootless.errors import HostSetupError, NetworkError, resource_hint, resource_hint_in
 from rootless.hostcheck import FIX
 from rootless.net.ports import Port
 from rootless.userns import which
@@ -96,7 +97,8 @@ def probe_features(probe: spawn.Helper) -> frozenset[str]:
     text = probe.output_text()
     probe.stop()
     if status is None:
-        raise NetworkError(f"`{probe.argv[0]} --help` did not finish within 5 s")
+        raise NetworkError(f"`{probe.argv[0]} --help` did not finish within 5 s",
+                           hint="the machine may be overloaded: try again, or run with --net=none")
     return detect_features(text)
 
 
@@ -146,15 +148,35 @@ class SlirpDriver:
 
     def _wait_ready(self, ready_r: int, abort_fd: int | None) -> None:
         assert self.helper is not None
-        if self.helper.wait_readable(ready_r, READY_TIMEOUT, abort_fd) and os.read(ready_r, 1) == b"1":
+        answered = self.helper.wait_readable(ready_r, READY_TIMEOUT, abort_fd)
+        if answered and os.read(ready_r, 1) == b"1":
             log.step("slirp4netns is ready")
             return
-        status = self.helper.poll_exit()
-        if status is None:
-            raise NetworkError(f"slirp4netns did not become ready within {READY_TIMEOUT:g} s: "
-                               f"{self.helper.output_tail()}")
-        raise NetworkError(f"slirp4netns exited with status {os.waitstatus_to_exitcode(status)} before "
-                           f"becoming ready: {self.helper.output_tail()}", hint=_hint(self.helper.output_tail()))
+        # The ready descriptor closed without `1` (slirp4netns gave up), or it exited,
+        # or the deadline passed: each said as what it is.
+        status = self.helper.wait_exit(1.0) if answered else self.helper.poll_exit()
+        output = self.helper.output_tail()
+        if status is not None:
+            raise NetworkError(f"slirp4netns {exit_words(status)} before becoming ready: {output}",
+                               hint=failure_hint(output))
+        if answered:
+            raise NetworkError(f"slirp4netns gave up before becoming ready: {output}", hint=failure_hint(output))
+        raise NetworkError(f"slirp4netns did not become ready within {READY_TIMEOUT:g} s: {output}",
+                           hint=resource_hint_in(output) or "the machine may be overloaded: try again, or run "
+                           "with --net=none")
+
+    # -- while the command runs (parent.py watches watch_fd) ----------------------------
+
+    @property
+    def watch_fd(self) -> int | None:
+        """Readable once slirp4netns has exited (its pidfd); None before it started."""
+        return self.helper.pidfd if self.helper is not None else None
+
+    def death_note(self) -> str:
+        """What happened to slirp4netns, once watch_fd is readable."""
+        assert self.helper is not None
+        status = self.helper.wait_exit(1.0)
+        return f"slirp4netns (pid {self.helper.pid}) {exit_words(status)}{_said(status, self.helper)}"
 
     def stop(self) -> None:
         """The sandbox is gone: nothing is left for slirp4netns to finish, so it is
@@ -170,7 +192,54 @@ class SlirpDriver:
             self.exit_w = None
 
 
-def _hint(output: str) -> str | None:
+def exit_words(status: int | None) -> str:
+    """`exited with status 1`, `was killed by signal 9 (SIGKILL)` (from a wait status)."""
+    if status is None:
+        return "ended"
+    if os.WIFSIGNALED(status):
+        signo = os.WTERMSIG(status)
+        try:
+            name = f" ({signal.Signals(signo).name})"
+        except ValueError:
+            name = ""
+        return f"was killed by signal {signo}{name}"
+    return f"exited with status {os.waitstatus_to_exitcode(status)}"
+
+
+def _said(status: int | None, helper: spawn.Helper) -> str:
+    """The helper's last words, when it exited by itself (a signal leaves none)."""
+    if status is None or not os.WIFEXITED(status) or os.WEXITSTATUS(status) > 128:
+        return ""
+    output = helper.output_tail(200)
+    return f" (it said: {output})" if output != "no output" else ""
+
+
+def failure_hint(output: str) -> str:
+    """What to do about a helper that failed, from what it said (slirp4netns, pasta)."""
     if "/dev/net/tun" in output:
         return "an administrator can run `chmod 0666 /dev/net/tun`; --net=none runs without a network"
-    return None
+    hint = resource_hint_in(output)
+    if hint is None and near_process_limit():
+        # pasta says only "Failed to get netlink socket" when its clone() fails.
+        hint = resource_hint(errno.EAGAIN)
+    return hint or "run `rbox check` to see what this host lacks; --net=none runs without a network"
+
+
+def near_process_limit(margin: int = 4) -> bool:
+    """Whether this uid's processes and threads are within `margin` of RLIMIT_NPROC
+    (which counts them all, by real uid)."""
+    import resource
+
+    limit = resource.getrlimit(resource.RLIMIT_NPROC)[0]
+    if limit == resource.RLIM_INFINITY or limit > 4096:
+        return False              # not worth counting: no one sets a limit that high by mistake
+    count = 0
+    uid = str(os.getuid())
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/status") as f:
+                if entry.isdigit() and next(line for line in f if line.startswith("Uid:")).split()[1] == uid:
+                    count += len(os.listdir(f"/proc/{entry}/task"))
+        except (OSError, StopIteration):
+            continue
+    return count + margin >= limit

@@ -28,7 +28,8 @@ def test_the_command_exit_code_passes_through(command: list[str], code: int) -> 
 def test_missing_command_is_127() -> None:
     r = run_rbox("run", "--", "no-such-command-xyz")
     assert r.returncode == 127
-    assert r.stderr == "rbox: error: command not found: `no-such-command-xyz`\n"
+    assert r.stderr.splitlines()[0] == "rbox: error: command not found: `no-such-command-xyz`"
+    assert r.stderr.splitlines()[1].startswith("hint: check the name; it must exist on the sandbox's PATH (PATH=")
 
 
 def test_missing_command_with_an_unsearchable_path_entry_is_still_127(tmp_path) -> None:
@@ -45,7 +46,9 @@ def test_non_executable_file_is_126(tmp_path) -> None:
     (tmp_path / "plain.txt").write_text("echo hi\n")
     r = run_rbox("run", "--", "./plain.txt", cwd=tmp_path)
     assert r.returncode == 126
-    assert r.stderr == "rbox: error: cannot execute `./plain.txt`: Permission denied\n"
+    assert r.stderr == ("rbox: error: cannot execute `./plain.txt`: Permission denied\n"
+                        "hint: it must be a file with execute permission (chmod +x) on a filesystem mounted "
+                        "without noexec\n")
 
 
 def test_directory_is_126(tmp_path) -> None:
@@ -93,7 +96,8 @@ def test_bad_workdir_is_125() -> None:
 def test_failure_inside_init_is_one_line_without_traceback() -> None:
     r = run_rbox("run", "--hide", "/no/such/path", "--", "true")
     assert r.returncode == 125
-    assert r.stderr == "rbox: error: cannot hide `/no/such/path`: No such file or directory in the sandbox\n"
+    assert r.stderr == ("rbox: error: cannot hide `/no/such/path`: No such file or directory in the sandbox\n"
+                        "hint: check the path; only what exists can be hidden (a missing path needs no hiding)\n")
 
 
 def test_user_namespaces_unavailable_gives_the_documented_error(tmp_path) -> None:

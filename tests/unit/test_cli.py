@@ -62,51 +62,51 @@ def test_usage_errors(argv: list[str], message: str) -> None:
     assert info.value.exit_code == 125
 
 
-def test_main_prints_one_error_and_one_hint_and_returns_125(capsys) -> None:
+def test_main_prints_one_error_and_one_hint_and_returns_125(capfd) -> None:
     assert cli.main(["run", "--frob"]) == 125
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()
     assert out == ""
     assert err == "rbox: error: unknown option `--frob` for `rbox run`\nhint: see `rbox run --help`\n"
 
 
-def test_main_without_a_command_for_run(capsys) -> None:
+def test_main_without_a_command_for_run(capfd) -> None:
     assert cli.main(["run"]) == 125
-    assert capsys.readouterr().err.startswith("rbox: error: `rbox run` needs a COMMAND\nhint: ")
+    assert capfd.readouterr().err.startswith("rbox: error: `rbox run` needs a COMMAND\nhint: ")
 
 
-def test_internal_errors_are_one_line_without_debug(capsys, monkeypatch) -> None:
+def test_internal_errors_are_one_line_without_debug(capfd, monkeypatch) -> None:
     def boom(argv):
         raise ValueError("surprise")
 
     monkeypatch.setattr(cli, "_main", boom)
     assert cli.main(["run", "x"]) == 125
-    err = capsys.readouterr().err
+    err = capfd.readouterr().err
     assert err == ("rbox: error: internal error: ValueError: surprise\n"
                    "hint: run again with --debug and report this as a bug\n")
 
 
-def test_internal_errors_show_a_traceback_with_debug(capsys, monkeypatch) -> None:
+def test_internal_errors_show_a_traceback_with_debug(capfd, monkeypatch) -> None:
     def boom(argv):
         raise ValueError("surprise")
 
     monkeypatch.setattr(cli, "_main", boom)
     monkeypatch.setenv("RBOX_DEBUG", "1")
     assert cli.main(["run", "x"]) == 125
-    assert "Traceback (most recent call last)" in capsys.readouterr().err
+    assert "Traceback (most recent call last)" in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["-h"], ["run", "--help"], ["sh", "-h"]])
-def test_help_exits_0_on_stdout(capsys, argv: list[str]) -> None:
+def test_help_exits_0_on_stdout(capfd, argv: list[str]) -> None:
     assert cli.main(argv) == 0
-    out, err = capsys.readouterr()
+    out, err = capfd.readouterr()
     assert out.startswith("usage: rbox") and err == ""
 
 
-def test_version(capsys) -> None:
+def test_version(capfd) -> None:
     from rootless import __version__
 
     assert cli.main(["--version"]) == 0
-    assert capsys.readouterr().out == f"rbox {__version__}\n"
+    assert capfd.readouterr().out == f"rbox {__version__}\n"
 
 
 def test_help_lists_every_option_of_the_table() -> None:
