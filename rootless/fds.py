@@ -21,7 +21,7 @@ import errno
 import os
 import sys
 
-from rootless.errors import RboxError
+from rootless.errors import BUG_HINT, RboxError
 
 PASSED: list[int] = []        # what seal() left for the command (for a re-exec of rbox)
 
@@ -58,7 +58,8 @@ def seal(passed: list[int]) -> None:
         return
     except OSError as e:
         if e.errno not in (errno.ENOSYS, errno.EINVAL):
-            raise RboxError(f"cannot mark inherited file descriptors close-on-exec: {e.strerror}") from None
+            raise RboxError(f"cannot mark inherited file descriptors close-on-exec: {e.strerror}",
+                            hint=BUG_HINT) from None
     # Before Linux 5.11: one by one. listdir's own fd is in the list, closed by then.
     for name in os.listdir("/proc/self/fd"):
         fd = int(name)

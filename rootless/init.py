@@ -27,7 +27,7 @@ import time
 
 from rootless import log, mounts, net, payload, rootfs, sync
 from rootless import syscalls as sc
-from rootless.errors import NamespaceError, waitstatus_to_code
+from rootless.errors import NamespaceError, resource_hint, waitstatus_to_code
 from rootless.net import loopback  # noqa: F401 - imported before pivot_root (see above)
 from rootless.signals import FORWARDED, block
 from rootless.spec import Spec
@@ -113,7 +113,9 @@ def lock_mounts() -> None:
     try:
         sc.unshare(sc.CLONE_NEWNS)
     except OSError as e:
-        raise NamespaceError(f"cannot create the command's mount namespace: {e.strerror}") from None
+        raise NamespaceError(f"cannot create the command's mount namespace: {e.strerror}",
+                             hint=resource_hint(e.errno or 0) or "an administrator can raise user.max_mnt_namespaces "
+                                  "(`rbox check` shows the namespace limits)") from None
 
 
 def new_session_keyring() -> None:

@@ -87,7 +87,8 @@ class View:
             if host is not None and os.path.islink(host):
                 links += 1
                 if links > MAX_LINKS:
-                    raise SpecError(f"cannot resolve `{path}`: too many levels of symbolic links")
+                    raise SpecError(f"cannot resolve `{path}`: too many levels of symbolic links",
+                                    hint="a symlink loop: name the path without the looping link")
                 target = os.readlink(host)
                 if target.startswith("/"):
                     resolved = ""

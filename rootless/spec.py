@@ -354,7 +354,9 @@ def _resolve(view: View, path: str, kind: str) -> str:
     try:
         return view.resolve(path)
     except OSError as e:
-        raise SpecError(f"cannot resolve `{path}` for {kind}: {e.strerror}") from None
+        raise SpecError(f"cannot resolve `{path}` for {kind}: {e.strerror}",
+                        hint=f"the path of {kind} must be one you may look up (check the directories' permissions)"
+                        ) from None
 
 
 # The sandbox's /proc is its own PID namespace's: it shows only the sandbox's processes,

@@ -24,7 +24,7 @@ import signal
 
 from rootless import init, log, sync
 from rootless import syscalls as sc
-from rootless.errors import NamespaceError, ProtocolError, RboxError, resource_hint, waitstatus_to_code
+from rootless.errors import BUG_HINT, NamespaceError, ProtocolError, RboxError, resource_hint, waitstatus_to_code
 from rootless.guard import run_child
 from rootless.spec import Spec
 from rootless.userns import IdMapPlan, map_text
@@ -93,7 +93,7 @@ def write_nested_maps(host_proc: int, pid: int, idmap: IdMapPlan) -> None:
                 os.close(fd)
         except OSError as e:
             raise NamespaceError(f"cannot write `/proc/{pid}/{name}` of the command's user namespace: "
-                                 f"{e.strerror}") from None
+                                 f"{e.strerror}", hint=BUG_HINT) from None
 
 
 def wait_for_init(pid: int) -> int:

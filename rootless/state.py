@@ -33,7 +33,7 @@ import os
 import stat
 
 from rootless import log
-from rootless.errors import HostSetupError
+from rootless.errors import HostSetupError, resource_error
 
 TYPE_CHECKING = False  # not `from typing import ...`: typing costs 9 ms at start-up
 if TYPE_CHECKING:
@@ -118,7 +118,8 @@ def create(environ: Mapping[str, str] | None = None) -> SandboxDir:
             fcntl.flock(base_fd, fcntl.LOCK_UN)
     except OSError as e:
         os.close(base_fd)
-        raise HostSetupError(f"cannot create a directory in `{base}`: {e.strerror}") from None
+        raise resource_error(e) or HostSetupError(f"cannot create a directory in `{base}`: {e.strerror}",
+                                                  hint=_ELSEWHERE) from None
     log.step(f"state in {base}/{name}")
     return SandboxDir(base, base_fd, name, fd, lock_fd)
 
@@ -132,8 +133,9 @@ def _open_base(base: str) -> int:
     except FileExistsError:
         pass
     except OSError as e:
-        raise HostSetupError(f"cannot create rbox's state directory `{base}`: {e.strerror}",
-                             hint=_ELSEWHERE) from None
+        # Out of space or inodes (a full $XDG_RUNTIME_DIR): said as such, with the fix.
+        raise resource_error(e) or HostSetupError(f"cannot create rbox's state directory `{base}`: {e.strerror}",
+                                                  hint=_ELSEWHERE) from None
     try:
         fd = os.open(base, DIR_FLAGS)
     except OSError as e:

@@ -88,7 +88,9 @@ class PastaDriver:
             ready = os.open("ready", os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=private.fd)
         except OSError as e:
             private.remove()
-            raise NetworkError(f"cannot make pasta's FIFO in `{private.path}`: {e.strerror}") from None
+            raise NetworkError(f"cannot make pasta's FIFO in `{private.path}`: {e.strerror}",
+                               hint=resource_hint_in(e.strerror or "") or "--net=slirp4netns (the default) needs "
+                                    "no FIFO") from None
         fifo = f"{private.path}/ready"
         lifeline_r, self.lifeline = os.pipe()
         try:
