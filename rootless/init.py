@@ -17,7 +17,7 @@ import os
 import signal
 import time
 
-from rootless import log, mounts, net, payload, rootfs, sync
+from rootless import latemounts, log, mounts, net, payload, rootfs, sync
 from rootless import syscalls as sc
 from rootless.errors import NamespaceError, waitstatus_to_code
 from rootless.net import loopback  # noqa: F401 - imported before pivot_root (see above)
@@ -36,6 +36,7 @@ def run(spec: Spec, chan: sync.Channel, fd_sock: object = None, nested: tuple[in
     os.setpgid(0, 0)
     block(FORWARDED + (signal.SIGCHLD,))
     rootfs.build(mounts.optimize(mounts.plan(spec)))
+    latemounts.tree_built()                   # stage-1 may now show the host's later mounts
     set_hostname(spec.hostname)
     net.configure(spec.net)
     chan.expect(sync.NETWORK_DONE)

@@ -6,6 +6,9 @@ Why stage-1 stays alive instead of exiting after the fork: PR_SET_PDEATHSIG fire
 the *parent* of a process exits (prctl(2)), so init's death signal is tied to stage-1 and
 stage-1's to rbox. `kill -9` of rbox then takes down stage-1, which takes down PID 1,
 which takes down the whole PID namespace (pid_namespaces(7)): nothing survives rbox.
+
+While it waits, stage-1 is the watcher of mounts the host makes after the start
+(latemounts.py): it shows them in the sandbox, read-only.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import errno
 import os
 import signal
 
-from rootless import init, log, sync
+from rootless import init, latemounts, log, sync
 from rootless import syscalls as sc
 from rootless.errors import NamespaceError, ProtocolError, waitstatus_to_code
 from rootless.guard import run_child
@@ -30,16 +33,21 @@ def run(spec: Spec, chan: sync.Channel, parent_pid: int, fd_sock: object = None,
     # The setuid newuidmap ran against us; re-arm the death signal in case the credential
     # change cleared it (rootlesskit#65, fixed there the same way in PR #66).
     arm_death_signal(parent_pid)
+    watcher = latemounts.prepare()      # before the sandbox's mount namespace is copied
     unshare_rest(spec)
+    if watcher:
+        watcher.keep_sandbox_ns()
     pid = os.fork()
     if pid == 0:
+        if watcher:
+            watcher.in_init()
         run_child(chan, "init", lambda: init.run(spec, chan, fd_sock, nested))
     chan.send(sync.INIT_STARTED, pid=pid)
     # From here on only init holds the pipes, so the parent sees EOF when PID 1 is gone.
     chan.close()
     if fd_sock is not None:
         fd_sock.close()  # type: ignore[attr-defined]
-    _, status = os.waitpid(pid, 0)
+    status = watcher.wait(pid, spec) if watcher else os.waitpid(pid, 0)[1]
     return waitstatus_to_code(status)
 
 
