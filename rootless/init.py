@@ -25,7 +25,7 @@ import os
 import signal
 import time
 
-from rootless import log, mounts, net, payload, rootfs, sync
+from rootless import latemounts, log, mounts, net, payload, rootfs, sync
 from rootless import syscalls as sc
 from rootless.errors import NamespaceError, resource_hint, waitstatus_to_code
 from rootless.net import loopback  # noqa: F401 - imported before pivot_root (see above)
@@ -47,6 +47,7 @@ def run(spec: Spec, chan: sync.Channel, link: sync.Channel, fd_sock: object = No
     os.setsid()
     block(FORWARDED + (signal.SIGCHLD,))
     rootfs.build(mounts.optimize(mounts.plan(spec)))
+    latemounts.tree_built()                   # stage-1 may now show the host's later mounts
     set_hostname(spec.hostname)
     net.configure(spec.net)
     chan.expect(sync.NETWORK_DONE)

@@ -371,13 +371,13 @@ def mountpoints_under(text: str, path: str) -> list[str]:
         fields = line.split(" ")
         if len(fields) < 5:
             continue
-        point = _unescape(fields[4])
+        point = unescape(fields[4])
         if point == path or point.startswith(path.rstrip("/") + "/"):
             found.append(point)
     return found
 
 
-def _unescape(field: str) -> str:
+def unescape(field: str) -> str:
     # mountinfo escapes space, tab, newline and backslash as \ooo octal (proc(5)).
     for code, char in (("\\040", " "), ("\\011", "\t"), ("\\012", "\n"), ("\\134", "\\")):
         field = field.replace(code, char)

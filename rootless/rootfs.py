@@ -2,14 +2,23 @@
 
 Runs in: init (PID 1 of the new PID namespace, in the new mount namespace).
 
-The sequence is bubblewrap's and mkosi's:
-  1. make every mount a slave, so nothing we mount propagates back to the host, while
-     the host's automounts (autofs homes on HPC nodes) still propagate in;
+The sequence is bubblewrap's and mkosi's, with one change in propagation:
+  1. make every mount private: nothing we mount propagates back to the host, and nothing
+     the host mounts from now on propagates in. (bubblewrap makes them slaves, so the
+     host's later mounts arrive as the host made them, writable: rbox's class-8 hole.
+     A mount that arrived before this step is part of the tree and is made read-only
+     with the rest in step 3.) The host's later mounts are shown by stage-1 instead,
+     read-only (latemounts.py);
   2. mount a tmpfs workspace on /tmp (in our mount namespace only), and pivot_root into
      it with the host's root moved to /oldroot;
   3. carry out the mount plan from /oldroot into /newroot (mounts.py);
   4. pivot_root(".", ".") inside /newroot and detach the old root: the host's root is not
-     reachable from the sandbox afterwards (pivot_root(2), NOTES).
+     reachable from the sandbox afterwards (pivot_root(2), NOTES);
+  5. make the tree shared: peer groups of its own, which nothing outside belongs to. A
+     mount stage-1 adds later propagates from here to the copies in a mount namespace
+     made below this one (mount_namespaces(7), "shared subtrees"), where it arrives
+     locked read-only when its source is read-only and the copy crosses into a less
+     privileged user namespace.
 """
 
 from __future__ import annotations
@@ -34,7 +43,7 @@ def build(ops: list[Op]) -> None:
 
 def enter_workspace() -> None:
     try:
-        sc.mount(None, "/", None, sc.MS_REC | sc.MS_SLAVE)
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
         sc.mount("tmpfs", WORKSPACE, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=0755")
         os.chdir(WORKSPACE)
         os.mkdir("newroot")
@@ -54,6 +63,7 @@ def finish_pivot() -> None:
         sc.pivot_root(".", ".")
         sc.umount2(".", sc.MNT_DETACH)
         os.chdir("/")
+        sc.mount(None, "/", None, sc.MS_REC | sc.MS_SHARED)
     except OSError as e:
         raise MountError(f"cannot pivot into the sandbox's root: {e.strerror}",
                          hint="run again with --debug to see the mount that caused it, and report this as a bug"

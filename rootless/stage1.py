@@ -14,6 +14,9 @@ when written by a process with CAP_SETUID/CAP_SETGID in U1, the parent namespace
 every capability there; init gives its own up by entering U2. U2's maps go through the
 host's /proc, which stage-1 opens before forking init: init's pivot_root moves the root
 of stage-1 too (they share a mount namespace), after which `/proc` is the sandbox's.
+
+While it waits, stage-1 is the watcher of mounts the host makes after the start
+(latemounts.py): it shows them in the sandbox, read-only.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import errno
 import os
 import signal
 
-from rootless import init, log, sync
+from rootless import init, latemounts, log, sync
 from rootless import syscalls as sc
 from rootless.errors import BUG_HINT, NamespaceError, ProtocolError, RboxError, resource_hint, waitstatus_to_code
 from rootless.guard import run_child
@@ -38,13 +41,18 @@ def run(spec: Spec, chan: sync.Channel, parent_pid: int, idmap: IdMapPlan, fd_so
     # The setuid newuidmap ran against us; re-arm the death signal in case the credential
     # change cleared it (rootlesskit#65, fixed there the same way in PR #66).
     arm_death_signal(parent_pid)
+    watcher = latemounts.prepare()      # before the sandbox's mount namespace is copied
     unshare_rest(spec)
     host_proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     link, init_link = sync.channel_pair(child="init", parent="stage-1")
+    if watcher:
+        watcher.keep_sandbox_ns()
     pid = os.fork()
     if pid == 0:
         os.close(host_proc)
         link.close()
+        if watcher:
+            watcher.in_init()
         run_child(chan, "init", lambda: init.run(spec, chan, init_link, fd_sock))
     init_link.close()
     chan.send(sync.INIT_STARTED, pid=pid)
@@ -53,7 +61,7 @@ def run(spec: Spec, chan: sync.Channel, parent_pid: int, idmap: IdMapPlan, fd_so
     if fd_sock is not None:
         fd_sock.close()  # type: ignore[attr-defined]
     serve_nested_map(link, host_proc, pid, idmap)
-    return wait_for_init(pid)
+    return wait_for_init(pid, watcher, spec)
 
 
 def serve_nested_map(link: sync.Channel, host_proc: int, pid: int, idmap: IdMapPlan) -> None:
@@ -96,9 +104,10 @@ def write_nested_maps(host_proc: int, pid: int, idmap: IdMapPlan) -> None:
                                  f"{e.strerror}", hint=BUG_HINT) from None
 
 
-def wait_for_init(pid: int) -> int:
-    """Stay alive while PID 1 runs (see the module docstring); its exit code."""
-    _, status = os.waitpid(pid, 0)
+def wait_for_init(pid: int, watcher: latemounts.Watcher | None, spec: Spec) -> int:
+    """Stay alive while PID 1 runs (see the module docstring), watching the host's late
+    mounts meanwhile; its exit code."""
+    status = watcher.wait(pid, spec) if watcher else os.waitpid(pid, 0)[1]
     return waitstatus_to_code(status)
 
 

@@ -37,6 +37,7 @@ MS_BIND = 0x1000
 MS_REC = 0x4000
 MS_PRIVATE = 0x40000
 MS_SLAVE = 0x80000
+MS_SHARED = 0x100000
 MS_RELATIME = 0x200000
 MS_STRICTATIME = 0x1000000
 
@@ -45,12 +46,21 @@ MNT_DETACH = 0x2
 AT_FDCWD = -100
 AT_RECURSIVE = 0x8000
 MOUNT_ATTR_RDONLY = 0x1
+# The new mount API (open_tree, move_mount: 5.2; openat2: 5.6), for latemounts.py.
+AT_EMPTY_PATH = 0x1000
+OPEN_TREE_CLONE = 0x1
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOVE_MOUNT_T_EMPTY_PATH = 0x40
+RESOLVE_NO_SYMLINKS = 0x4
 
 # System call numbers without a glibc wrapper. mount_setattr (5.12) came after the
 # unification of new syscall numbers across architectures (424 and up), so it is 442
 # everywhere; pivot_root is older and differs per architecture.
 SYS_MOUNT_SETATTR = 442
 SYS_CLOSE_RANGE = 436
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
+SYS_OPENAT2 = 437
 SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41, "riscv64": 41, "ppc64le": 203, "s390x": 217}
 SYS_KEYCTL = {"x86_64": 250, "aarch64": 219, "riscv64": 219, "ppc64le": 271, "s390x": 280}
 
@@ -63,6 +73,7 @@ _libc.mount.argtypes = (ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctype
 _libc.umount2.argtypes = (ctypes.c_char_p, ctypes.c_int)
 _libc.unshare.argtypes = (ctypes.c_int,)
 _libc.sethostname.argtypes = (ctypes.c_char_p, ctypes.c_size_t)
+_libc.setns.argtypes = (ctypes.c_int, ctypes.c_int)
 _libc.syscall.restype = ctypes.c_long
 _libc.prctl.argtypes = (ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong)
 
@@ -140,6 +151,55 @@ def join_session_keyring() -> int:
     if serial < 0:
         raise oserror("keyctl")
     return int(serial)
+
+
+def has_mount_setattr() -> bool:
+    """Whether the kernel has mount_setattr (5.12), and with it open_tree and move_mount.
+
+    A call with size 0 is refused with EINVAL by a kernel that has it, ENOSYS otherwise
+    (or EPERM under a seccomp filter that denies it: also a no)."""
+    if os.environ.get("RBOX_TEST_NO_MOUNT_SETATTR") == "1":
+        return False
+    rc = _libc.syscall(SYS_MOUNT_SETATTR, -1, None, 0, None, 0)
+    return rc < 0 and ctypes.get_errno() == 22
+
+
+def mount_setattr(fd: int, flags: int, attr_set: int, propagation: int = 0) -> None:
+    """mount_setattr on the mount `fd` refers to (AT_EMPTY_PATH)."""
+    attr = _MountAttr(attr_set, 0, propagation, 0)
+    if _libc.syscall(SYS_MOUNT_SETATTR, fd, b"", flags | AT_EMPTY_PATH, ctypes.byref(attr), ctypes.sizeof(attr)) < 0:
+        raise oserror("mount_setattr")
+
+
+def open_tree(fd: int, flags: int) -> int:
+    """open_tree(fd, "", AT_EMPTY_PATH | flags): with OPEN_TREE_CLONE, a detached copy."""
+    rc = _libc.syscall(SYS_OPEN_TREE, fd, b"", flags | AT_EMPTY_PATH | os.O_CLOEXEC)
+    if rc < 0:
+        raise oserror("open_tree")
+    return int(rc)
+
+
+def move_mount(from_fd: int, to_fd: int) -> None:
+    """Attach the detached mount `from_fd` on top of the place `to_fd` refers to."""
+    if _libc.syscall(SYS_MOVE_MOUNT, from_fd, b"", to_fd, b"", MOVE_MOUNT_F_EMPTY_PATH | MOVE_MOUNT_T_EMPTY_PATH) < 0:
+        raise oserror("move_mount")
+
+
+class _OpenHow(ctypes.Structure):
+    _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
+
+
+def openat2(path: str, flags: int, resolve: int) -> int:
+    how = _OpenHow(flags | os.O_CLOEXEC, 0, resolve)
+    rc = _libc.syscall(SYS_OPENAT2, AT_FDCWD, _b(path), ctypes.byref(how), ctypes.sizeof(how))
+    if rc < 0:
+        raise oserror("openat2", path)
+    return int(rc)
+
+
+def setns(fd: int, nstype: int) -> None:
+    if _libc.setns(fd, nstype) < 0:
+        raise oserror("setns")
 
 
 def sethostname(name: str) -> None:
