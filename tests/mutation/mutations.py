@@ -325,4 +325,18 @@ MUTATIONS = [
     M("Python's locale coercion leaks LC_CTYPE into the command",
       "rootless/cli.py", "    environ = caller_environment()\n", "    environ = dict(os.environ)\n",
       DAILY + "test_rbox_adds_nothing_to_the_environment_but_rbox_sandbox[C]"),
+
+    # --- mounts the host makes after the start (class 8, latemounts.py)
+    M("the sandbox's tree a slave of the host's: a later host mount arrives writable",
+      "rootless/rootfs.py", "        sc.mount(None, \"/\", None, sc.MS_REC | sc.MS_PRIVATE)\n",
+      "        sc.mount(None, \"/\", None, sc.MS_REC | sc.MS_SLAVE)\n",
+      SEC + "test_late_mounts.py::test_without_mount_setattr_late_mounts_stay_invisible",
+      SEC + "test_late_mounts.py::test_nothing_writable_hides_under_a_shown_mount"),
+    M("a late mount shown writable under the read-only root",
+      "rootless/latemounts.py", "0 if writable else sc.MOUNT_ATTR_RDONLY", "0",
+      SEC + "test_late_mounts.py::test_a_late_mount_under_the_read_only_root_is_shown_read_only",
+      SEC + "test_late_mounts.py::test_root_inside_cannot_make_a_late_mount_writable"),
+    M("the shown clone stays a slave of the host's mount: host mounts below it arrive writable",
+      "rootless/latemounts.py", "sc.MOUNT_ATTR_RDONLY, sc.MS_PRIVATE)", "sc.MOUNT_ATTR_RDONLY, 0)",
+      SEC + "test_late_mounts.py::test_nothing_writable_hides_under_a_shown_mount"),
 ]
