@@ -36,7 +36,13 @@ from rootless.options import SANDBOX_OPTIONS
 
 SITE = "/etc/rbox/rbox.toml"
 CEILING_KEYS = ("memory", "memory-high", "memory-swap", "cpus", "pids-limit")
-NOT_CONFIGURABLE = ("help", "dry-run", "profile", "tty", "no-tty")
+# Long options that are no default: they are about one run (why, in the refusal).
+PER_RUN = {"help": "it prints the help", "dry-run": "it runs nothing", "profile": "profiles are chosen per run",
+           "pass-fd": "descriptors exist only in the shell that starts one run",
+           "tty": "whether a run gets a pseudo-terminal follows its terminal; -t forces one for a run",
+           "no-tty": "whether a run gets a pseudo-terminal follows its terminal; -T forbids one for a run"}
+# Settings that name paths: `~`, `~/...` and $HOME expand, and they must then be absolute.
+PATH_KEYS = ("bind", "ro-bind", "bind-try", "ro-bind-try", "tmpfs", "hide", "workdir")
 FORMAT_HINT = "see rbox(1), FILES, for the format"
 MAX_SIZE = 1 << 20
 Path = tuple[str, ...]          # a key's full name: ("profiles", "gpu", "net")
@@ -184,12 +190,16 @@ def _words(f: File, table: Path, entries: dict[str, object]) -> list[str]:
     """The option words for one table, each entry checked as the option it stands for."""
     from rootless import options
 
-    by_name = {opt.names[-1].removeprefix("--"): opt for opt in SANDBOX_OPTIONS}
+    # Every long name of an option is a setting (`root` and `fakeroot` alike).
+    by_name = {name.removeprefix("--"): opt for opt in SANDBOX_OPTIONS for name in opt.names if name.startswith("--")}
     words: list[str] = []
     for key, value in entries.items():
         where = f"{f.where(*table, key)}, key `{key}`"
         opt = by_name.get(key)
-        if opt is None or key in NOT_CONFIGURABLE:
+        if key in PER_RUN:
+            raise SpecError(f"{where}: `{key}` is not a setting: {PER_RUN[key]}",
+                            hint=f"give --{key} on the command line of the run that needs it")
+        if opt is None:
             raise SpecError(f"{where}: unknown setting", hint="settings are the long options of `rbox run`, "
                                                               "without the dashes; see rbox(1), FILES")
         values = value if isinstance(value, list) else [value]
@@ -206,7 +216,11 @@ def _words(f: File, table: Path, entries: dict[str, object]) -> list[str]:
                     # No path, name or environment entry can hold one (C strings end there).
                     raise SpecError(f"{where}: `{_show(item)}` contains a NUL character (\\u0000)",
                                     hint="remove it; no path, name or variable can contain one")
-                entry += [f"--{key}", str(item)]
+                if key in PATH_KEYS:
+                    item = expand_paths(str(item), key, where)
+                    entry += [f"--{_try_if_missing(key, item)}", item]
+                else:
+                    entry += [f"--{key}", str(item)]
             else:
                 raise SpecError(f"{where}: `{_show(item)}` is not a value for --{key}", hint=_value_hint(key, opt))
         try:
@@ -219,6 +233,33 @@ def _words(f: File, table: Path, entries: dict[str, object]) -> list[str]:
             raise SpecError(f"{where}: {e.message}", hint=e.hint) from None
         words += entry
     return words
+
+
+def expand_paths(value: str, key: str, where: str) -> str:
+    """`~`, `~/...`, `$HOME` and `${HOME}` in each path of a setting (SRC:DST for binds),
+    which must then be absolute: a configuration file has no current directory of its
+    own, and `hide = ["~/.profile"]` must not become `<cwd>/~/.profile`."""
+    home = os.environ.get("HOME") or os.path.expanduser("~")
+    parts = value.split(":", 1) if key in ("bind", "ro-bind", "bind-try", "ro-bind-try") else [value]
+    expanded = []
+    for part in parts:
+        part = part.replace("${HOME}", home).replace("$HOME", home)
+        if part == "~" or part.startswith("~/"):
+            part = home + part[1:]
+        if not part.startswith("/"):
+            raise SpecError(f"{where}: `{_show(part)}` is not an absolute path",
+                            hint="paths in configuration files are absolute, or start with ~/ or $HOME/")
+        expanded.append(part)
+    return ":".join(expanded)
+
+
+def _try_if_missing(key: str, value: str) -> str:
+    """A bind of the defaults whose source this node lacks is skipped, not an error for
+    every run (a site file shared by heterogeneous nodes): it becomes its -try form,
+    which --debug reports when it skips."""
+    if key in ("bind", "ro-bind") and not os.path.lexists(value.split(":", 1)[0]):
+        return f"{key}-try"
+    return key
 
 
 def _show(value: object, limit: int = 60) -> str:

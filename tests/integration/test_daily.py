@@ -193,3 +193,53 @@ def test_bind_try_skips_a_missing_source(tmp_path) -> None:
     # Control: the plain option refuses the missing source.
     plain = run_rbox("run", "--net=none", "--ro-bind", f"{tmp_path}/missing:/tmp/m", "--", "true")
     assert plain.returncode == 125 and "hint:" in plain.stderr
+
+
+def _with_config(tmp_path, text: str) -> dict[str, str]:
+    conf = tmp_path / "conf" / "rbox"
+    conf.mkdir(parents=True)
+    (conf / "rbox.toml").write_text(text)
+    return {"XDG_CONFIG_HOME": str(tmp_path / "conf")}
+
+
+@pytest.mark.parametrize("key", ["root", "fakeroot"])
+def test_every_long_name_is_a_setting(tmp_path, key: str) -> None:
+    env = _with_config(tmp_path, f"[defaults]\n{key} = true\n")
+    r = run_rbox("run", "--net=none", "--", "id", "-u", env=env, cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, "0\n"), r.stderr
+
+
+@pytest.mark.parametrize("key", ["tty", "no-tty", "pass-fd"])
+def test_per_run_options_are_refused_with_the_reason(tmp_path, key: str) -> None:
+    value = "3" if key == "pass-fd" else "true"
+    env = _with_config(tmp_path, f"[defaults]\n{key} = {value}\n")
+    r = run_rbox("run", "--net=none", "--", "true", env=env, cwd=tmp_path)
+    assert r.returncode == 125
+    first, hint = r.stderr.splitlines()[:2]
+    assert "rbox.toml" in first and f"`{key}` is not a setting" in first
+    assert hint == f"hint: give --{key} on the command line of the run that needs it"
+
+
+def test_paths_in_config_files_expand_the_home(tmp_path) -> None:
+    home = tmp_path / "home"
+    (home / ".secret").mkdir(parents=True)
+    (home / ".secret" / "key").write_text("s3cret\n")
+    env = {**_with_config(tmp_path, '[defaults]\nhide = ["~/.secret"]\nro-bind = ["$HOME/.secret:/tmp/seen"]\n'),
+           "HOME": str(home)}
+    r = run_rbox("run", "--net=none", "--dry-run", "--", "true", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert f"hide {home}/.secret" in r.stdout and f"bind {home}/.secret -> /tmp/seen [ro]" in r.stdout
+    env = {**_with_config(tmp_path / "b", 'ro-bind = ["relative/dir"]\n'.join(["[defaults]\n", ""])),
+           "HOME": str(home)}
+    r = run_rbox("run", "--net=none", "--", "true", env=env, cwd=tmp_path)
+    assert r.returncode == 125 and "is not an absolute path" in r.stderr and "rbox.toml" in r.stderr
+
+
+def test_a_default_bind_missing_on_this_node_does_not_stop_every_run(tmp_path) -> None:
+    env = _with_config(tmp_path, '[defaults]\nro-bind = ["/no/such/scratch"]\n')
+    r = run_rbox("run", "--net=none", "--debug", "--", "true", env=env, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "skip --ro-bind-try /no/such/scratch" in r.stderr
+    # On the command line, the same missing source is an error.
+    r = run_rbox("run", "--net=none", "--ro-bind", "/no/such/scratch", "--", "true", cwd=tmp_path)
+    assert r.returncode == 125

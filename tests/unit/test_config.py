@@ -53,7 +53,7 @@ def test_flags(fs) -> None:
     ('[defaults]\nnet = "wifi"\n', f"{USER}, line 2, key `net`: invalid value `wifi` for `--net`"),
     ('[defaults]\nhostname = ["a", "b"]\n', f"{USER}, line 2, key `hostname`: takes one value, not a list"),
     ('[defaults]\nclearenv = "yes"\n', f"{USER}, line 2, key `clearenv`: `yes` is not a value for --clearenv"),
-    ('[defaults]\ndry-run = true\n', f"{USER}, line 2, key `dry-run`: unknown setting"),
+    ('[defaults]\ndry-run = true\n', f"{USER}, line 2, key `dry-run`: `dry-run` is not a setting: it runs nothing"),
     ('[defualts]\nnet = "none"\n', f"{USER}, line 1: unknown table or key `defualts`"),
     ('[ceilings]\nmemory = "1G"\n', f"{USER}, line 1: unknown table or key `ceilings` (only the site file "
                                     "may set ceilings)"),
