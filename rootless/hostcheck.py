@@ -231,7 +231,9 @@ def check_runtime_dir(environ: dict[str, str], pid1: str | None = None) -> Findi
     if runtime and os.access(runtime, os.W_OK):
         return Finding("XDG_RUNTIME_DIR", "ok", runtime)
     reason = "not set" if not runtime else f"{runtime} is not writable"
-    detail = f"{reason}: rbox keeps its state in /tmp/rbox-{os.getuid()} (its own, mode 0700)"
+    from rootless import state
+
+    detail = f"{reason}: rbox keeps its state in {state.base_path({})} (its own, mode 0700)"
     if pid1 is not None:
         return Finding("XDG_RUNTIME_DIR", "ok", detail)    # nothing sets it without systemd: no fix
     return Finding("XDG_RUNTIME_DIR", "warn", detail, FIX["runtime_dir"])

@@ -57,7 +57,26 @@ def base_path(environ: Mapping[str, str] | None = None) -> str:
             pass
         # After `su`, XDG_RUNTIME_DIR often still names the other user's directory.
         log.step(f"XDG_RUNTIME_DIR `{runtime}` is not a directory of yours: state goes to /tmp")
-    return f"/tmp/rbox-{os.getuid()}"
+    return f"/tmp/rbox-{_uid_name()}"
+
+
+def _uid_name() -> str:
+    """Our uid for the name in /tmp: as is in the initial user namespace; with the outer
+    uid it maps to after it in any other (uid 0 of `unshare -r` is one user's, uid 0 of
+    another user's `unshare -r` someone else's: one /tmp/rbox-0 would make their runs
+    refuse each other's directory)."""
+    uid = os.getuid()
+    try:
+        with open("/proc/self/uid_map") as f:
+            extents = [tuple(int(n) for n in line.split()) for line in f if line.strip()]
+    except (OSError, ValueError):
+        return str(uid)
+    if extents == [(0, 0, 4294967295)]:
+        return str(uid)
+    for inner, outer, count in extents:
+        if inner <= uid < inner + count:
+            return f"{uid}-{outer + uid - inner}"
+    return str(uid)
 
 
 def sweep(environ: Mapping[str, str] | None = None) -> None:

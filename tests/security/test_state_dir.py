@@ -247,3 +247,18 @@ def test_xdg_runtime_dir_is_used_only_when_it_is_a_real_directory_of_ones_own(tm
     assert state.base_path({"XDG_RUNTIME_DIR": str(tmp_path / "link")}) == fallback
     assert state.base_path({"XDG_RUNTIME_DIR": "/"}) == fallback          # root's
     assert state.base_path({"XDG_RUNTIME_DIR": str(tmp_path)}) == f"{tmp_path}/rbox"
+
+
+def test_in_a_user_namespace_the_name_carries_the_outer_uid() -> None:
+    """uid 0 of `unshare -r` is a different user for each caller: /tmp/rbox-0 would make
+    one user's runs refuse another's directory (found on a shared CI machine)."""
+    import subprocess
+    import sys
+
+    code = "from rootless import state; print(state.base_path({}))"
+    r = subprocess.run(["unshare", "-Ur", sys.executable, "-c", code], capture_output=True, text=True, timeout=30,
+                       env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == f"/tmp/rbox-0-{os.getuid()}"
+    # Control: in the host's user namespace, the plain uid.
+    assert state.base_path({}) == f"/tmp/rbox-{os.getuid()}"
