@@ -363,14 +363,19 @@ class Subtree:
         return explain(limits, maybe("memory.events"), maybe("pids.events"))
 
     def cleanup(self) -> None:
-        """Kill whatever is left in `payload` (cgroup.kill, Linux 5.14), then remove it.
-        Errors are logged, not raised: the original error, if any, must survive."""
+        """Kill whatever is left in `payload` (cgroup.kill, Linux 5.14; before it, what
+        cgroup.procs lists, until it is empty), then remove it. Errors are logged, not
+        raised: the original error, if any, must survive."""
         try:
-            if os.path.exists(f"{self.payload}/cgroup.kill"):
+            one_write = os.path.exists(f"{self.payload}/cgroup.kill")
+            if one_write:
                 self._write(f"{self.payload}/cgroup.kill", "1")
             for _ in range(200):
-                if not read(f"{self.payload}/cgroup.procs").split():
+                left = read(f"{self.payload}/cgroup.procs").split()
+                if not left:
                     break
+                if not one_write:
+                    kill_listed(left)
                 time.sleep(0.005)
             os.rmdir(self.payload)
         except OSError as e:
@@ -384,3 +389,16 @@ class Subtree:
         except OSError as e:
             raise CgroupError(f"cannot write `{value}` to `{path}`: {e.strerror}",
                               hint="see rbox(1), RESOURCE LIMITS") from None
+
+
+def kill_listed(pids: list[str]) -> None:
+    """SIGKILL each pid of a cgroup.procs listing (the fallback for cgroup.kill). They are
+    in the sandbox's PID namespace, whose PID 1 is dead or dying, so the kernel is killing
+    them too; this only makes sure of it. A pid that exited meanwhile is skipped."""
+    import signal
+
+    for pid in pids:
+        try:
+            os.kill(int(pid), signal.SIGKILL)
+        except (ProcessLookupError, PermissionError, ValueError):
+            pass

@@ -37,6 +37,12 @@ FIX = {
     "delegate": "an administrator can install helpers/user@.service.d/delegate.conf as "
                 "/etc/systemd/system/user@.service.d/delegate.conf (limits only)",
     "runtime_dir": "log in with a session that sets XDG_RUNTIME_DIR (pam_systemd does)",
+    "apparmor": "an administrator can install helpers/apparmor.d/rbox as /etc/apparmor.d/rbox (with the path of "
+                "your rbox in it) and run `apparmor_parser -r /etc/apparmor.d/rbox`; or set "
+                "kernel.apparmor_restrict_unprivileged_userns=0 for every program "
+                "(helpers/sysctl.d/99-rbox-userns.conf)",
+    "kernel": "rbox needs Linux 4.18 or later (RHEL 8's kernel): run it on a newer host",
+    "seccomp": "an administrator can use a kernel built with CONFIG_SECCOMP_FILTER (distribution kernels are)",
 }
 WANTED_CONTROLLERS = ("cpu", "io", "memory", "pids")
 
@@ -59,15 +65,35 @@ def _read(path: str) -> str | None:
         return None
 
 
+def apparmor_userns_restricted(proc: str = "/proc") -> str | None:
+    """Ubuntu 23.10 and later: with kernel.apparmor_restrict_unprivileged_userns=1 a
+    program may create a user namespace, but without any capability in it (so no mount,
+    no id map of its own), unless its AppArmor profile says `userns,`. None when that
+    does not apply to this process; else what is in the way, in words.
+
+    Applies when the sysctl is 1, AppArmor is enabled, and this process runs unconfined
+    (a profile of its own, such as helpers/apparmor.d/rbox, decides for itself)."""
+    if _read(f"{proc}/sys/kernel/apparmor_restrict_unprivileged_userns") != "1":
+        return None
+    if _read("/sys/module/apparmor/parameters/enabled") == "N":
+        return None
+    label = _read(f"{proc}/self/attr/apparmor/current") or _read(f"{proc}/self/attr/current") or "unconfined"
+    if label.split(" ")[0] != "unconfined":
+        return None
+    return ("kernel.apparmor_restrict_unprivileged_userns is 1 (Ubuntu's AppArmor restriction) and rbox runs "
+            "without an AppArmor profile that allows user namespaces")
+
+
 def check_userns_sysctls(proc: str = "/proc/sys") -> Finding:
     name = "user namespaces allowed"
     rules = (("user/max_user_namespaces", "0", "user.max_user_namespaces is 0"),
-             ("kernel/unprivileged_userns_clone", "0", "kernel.unprivileged_userns_clone is 0"),
-             ("kernel/apparmor_restrict_unprivileged_userns", "1",
-              "kernel.apparmor_restrict_unprivileged_userns is 1 (Ubuntu's AppArmor restriction)"))
+             ("kernel/unprivileged_userns_clone", "0", "kernel.unprivileged_userns_clone is 0"))
     for path, bad, text in rules:
         if _read(f"{proc}/{path}") == bad:
             return Finding(name, "fail", text, FIX["userns_sysctl"])
+    restricted = apparmor_userns_restricted(proc.removesuffix("/sys"))
+    if restricted:
+        return Finding(name, "fail", restricted, FIX["apparmor"])
     return Finding(name, "ok", f"user.max_user_namespaces = {_read(f'{proc}/user/max_user_namespaces')}")
 
 
@@ -81,6 +107,10 @@ def check_userns_works() -> Finding:
             from rootless import syscalls
 
             syscalls.unshare(syscalls.CLONE_NEWUSER)
+            code = 1
+            # A mount namespace too: under Ubuntu's AppArmor restriction the user
+            # namespace is created, but without the capabilities to make one.
+            syscalls.unshare(syscalls.CLONE_NEWNS)
             code = 0
         except OSError as e:
             code = 100 + (e.errno or 0) % 100
@@ -90,7 +120,9 @@ def check_userns_works() -> Finding:
     if code == 0:
         return Finding(name, "ok", "works")
     reason = os.strerror(code - 100) if code >= 100 else "failed"
-    return Finding(name, "fail", f"unshare(CLONE_NEWUSER): {reason}", FIX["userns_sysctl"])
+    restricted = apparmor_userns_restricted()
+    return Finding(name, "fail", f"unshare(CLONE_NEWUSER, then CLONE_NEWNS): {reason}",
+                   FIX["apparmor"] if restricted else FIX["userns_sysctl"])
 
 
 def check_subids(user: str, uid: int, path: str | None, subuid: str = userns.SUBUID) -> Finding:
@@ -239,6 +271,44 @@ def check_runtime_dir(environ: dict[str, str], pid1: str | None = None) -> Findi
     return Finding("XDG_RUNTIME_DIR", "warn", detail, FIX["runtime_dir"])
 
 
+def cgroup_child(mountinfo: str = "/proc/self/mountinfo") -> str | None:
+    """A non-root directory of the host's cgroup v2 tree (where cgroup.kill would be)."""
+    for place in cgroup2_mounts(_read(mountinfo) or ""):
+        try:
+            with os.scandir(place) as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        return entry.path
+        except OSError:
+            continue
+    return None
+
+
+def check_kernel(release: str, found: dict[str, bool | None]) -> list[Finding]:
+    """The kernel's version against the floor, then each facility newer than the floor
+    (or one rbox can do without): present, or absent and what rbox does instead (pure)."""
+    from rootless import kernel
+
+    if kernel.below_floor(release):
+        head = Finding("kernel", "fail", f"Linux {release}: older than {kernel.FLOOR}", FIX["kernel"])
+    else:
+        head = Finding("kernel", "ok", f"Linux {release} (rbox needs {kernel.FLOOR} or later)")
+    out = [head]
+    for name, since, with_it, without in kernel.FACILITIES:
+        title = f"kernel: {name} (Linux {since})"
+        have = found.get(name)
+        if have is None:
+            out.append(Finding(title, "ok", "cannot tell here (no cgroup v2 directory to look in); without it: "
+                               + without))
+        elif have:
+            out.append(Finding(title, "ok", f"present: {with_it}"))
+        elif name == "seccomp filters":
+            out.append(Finding(title, "warn", f"absent: {without}", FIX["seccomp"]))
+        else:
+            out.append(Finding(title, "ok", f"absent: {without}"))
+    return out
+
+
 def check_all(environ: dict[str, str]) -> list[Finding]:
     uid = os.getuid()
     try:
@@ -254,12 +324,17 @@ def check_all(environ: dict[str, str]) -> list[Finding]:
     if pid1 is None:
         # Only where systemd runs do a user manager and its delegation mean anything.
         findings += [check_user_manager(environ, user), check_delegation(uid)]
-    return findings + [check_runtime_dir(environ, pid1)]
+    from rootless import kernel
+
+    findings.append(check_runtime_dir(environ, pid1))
+    return findings + check_kernel(kernel.release(), kernel.survey(cgroup_child()))
 
 
 def render(findings: list[Finding]) -> str:
     lines = []
     for f in findings:
+        if f.name == "kernel":
+            lines.append("")      # the kernel's facilities: a section of their own
         lines.append(f"{f.status:<4}  {f.name}: {f.detail}")
         if f.status != "ok":
             lines.append(f"      fix: {f.fix}")

@@ -5,8 +5,15 @@ Runs in: parent.
 Helpers are started with posix_spawn (the `subprocess` module costs milliseconds to
 import). Their output goes to an anonymous memfd, not a pipe that nobody drains and not
 a file that could be left behind; it is read only to explain a failure. Every wait has a
-deadline and watches the helper's pidfd, so a helper that dies or hangs is reported,
-never waited on forever (rootlesskit's waitForReadyFD).
+deadline and watches the helper's exit descriptor, so a helper that dies or hangs is
+reported, never waited on forever (rootlesskit's waitForReadyFD).
+
+The exit descriptor is the helper's pidfd (Linux 5.3), readable once it has exited.
+Before 5.3 (RHEL 8) it is the read end of a pipe whose write end only the helper holds
+(rbox closes its copy right after the spawn; nothing else gets it, rbox's descriptors
+being close-on-exec): the kernel closes that end when the helper exits, so its death is
+noticed as promptly. A helper that closed the pipe itself while alive is then watched by
+polling waitpid, so the answer stays right, only later.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import select
 import signal
 import time
 
-from rootless import log
+from rootless import kernel, log
 from rootless.signals import ALL_SIGNALS
 
 
@@ -25,8 +32,10 @@ class Aborted(Exception):
 
 
 class Helper:
-    def __init__(self, argv: list[str], pass_fds: dict[int, int] | None = None):
-        """Spawn argv; pass_fds maps our fd -> the fd number the helper sees it as."""
+    def __init__(self, argv: list[str], pass_fds: dict[int, int] | None = None, exit_pipe_at: int | None = None):
+        """Spawn argv; pass_fds maps our fd -> the fd number the helper sees it as;
+        exit_pipe_at: the number the exit pipe gets in the helper (before Linux 5.3),
+        for a helper that must keep it from its own children (pasta's watchdog)."""
         self.name = os.path.basename(argv[0])
         self.argv = argv
         self.output = os.memfd_create(f"rbox-{self.name}", os.MFD_CLOEXEC)
@@ -34,16 +43,37 @@ class Helper:
                                              (os.POSIX_SPAWN_DUP2, self.output, 1),
                                              (os.POSIX_SPAWN_DUP2, self.output, 2)]
         actions += [(os.POSIX_SPAWN_DUP2, ours, theirs) for ours, theirs in (pass_fds or {}).items()]
+        lifeline = None if kernel.pidfd() else os.pipe()
+        if lifeline is not None:
+            # Last, to a number no other action writes and that is not its own (a dup2
+            # onto itself keeps close-on-exec before glibc 2.29: RHEL 8 has 2.28).
+            taken = {0, 1, 2, *(pass_fds or {}).values()}
+            target = exit_pipe_at or next(n for n in range(3, 1 << 16) if n not in taken and n != lifeline[1])
+            if lifeline[1] == target:
+                moved = os.dup(lifeline[1])
+                os.close(lifeline[1])
+                lifeline = (lifeline[0], moved)
+            actions.append((os.POSIX_SPAWN_DUP2, lifeline[1], target))
         log.step(" ".join(argv))
         # Every signal at its default and none blocked: Python ignores SIGPIPE and
         # SIGXFSZ, exec would pass that on, and pasta (2023) then refuses to start
         # ("Couldn't install signal handlers"); rbox also blocks the forwarded signals.
         # A process group of its own: the keys of rbox's terminal (Ctrl-C, Ctrl-Z) are
         # for the command, not for slirp4netns, which would die or stop with it.
-        self.pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions,
-                                  setsigmask=(), setsigdef=ALL_SIGNALS, setpgroup=0)
-        self.pidfd = os.pidfd_open(self.pid)
+        try:
+            self.pid = os.posix_spawn(argv[0], argv, os.environ, file_actions=actions,
+                                      setsigmask=(), setsigdef=ALL_SIGNALS, setpgroup=0)
+        except BaseException:
+            if lifeline is not None:
+                os.close(lifeline[0])
+            raise
+        finally:
+            if lifeline is not None:
+                os.close(lifeline[1])
         self.status: int | None = None
+        self.by_pipe = lifeline is not None
+        # Readable once the helper has exited (see the module docstring).
+        self.exit_fd = lifeline[0] if lifeline is not None else int(os.pidfd_open(self.pid))
 
     def output_text(self) -> str:
         """Everything the helper wrote to stdout and stderr (at most 64 KiB)."""
@@ -65,25 +95,34 @@ class Helper:
         return self.status
 
     def wait_exit(self, timeout: float) -> int | None:
-        readable([self.pidfd], timeout)
-        return self.poll_exit()
+        deadline = time.monotonic() + timeout
+        readable([self.exit_fd], timeout)
+        # The pipe hangs up as the helper's files close, a moment before its zombie
+        # can be reaped (or earlier, had it closed the pipe itself): poll until then.
+        while self.poll_exit() is None and self.by_pipe and time.monotonic() < deadline:
+            time.sleep(0.002)
+        return self.status
 
     def wait_readable(self, fd: int, timeout: float, abort_fd: int | None = None) -> bool:
         """True when fd became readable; False when the helper exited first or the
         deadline passed (check poll_exit() to tell which). Raises Aborted when abort_fd
         becomes readable first (the sandbox's setup channel: PID 1 failed or spoke)."""
         deadline = time.monotonic() + timeout
-        watched = [fd, self.pidfd] + ([abort_fd] if abort_fd is not None else [])
+        watched = [fd, self.exit_fd] + ([abort_fd] if abort_fd is not None else [])
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
                 return False
-            ready = readable(watched, left)
+            ready = readable(watched, left if self.exit_fd in watched else min(left, 0.05))
             if fd in ready:
                 return True
             if abort_fd is not None and abort_fd in ready:
                 raise Aborted(self.name)
-            if self.pidfd in ready:
+            if self.exit_fd in ready:
+                if not self.by_pipe or self.wait_exit(min(1.0, max(0.0, deadline - time.monotonic()))) is not None:
+                    return False
+                watched.remove(self.exit_fd)     # closed by the helper itself: poll waitpid instead
+            if self.exit_fd not in watched and self.poll_exit() is not None:
                 return False
 
     def kill_now(self) -> None:
@@ -97,7 +136,7 @@ class Helper:
                 os.kill(self.pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-        os.close(self.pidfd)
+        os.close(self.exit_fd)
         os.close(self.output)
 
     def stop(self, timeout: float = 2.0, signo: int = signal.SIGTERM) -> None:
@@ -111,7 +150,7 @@ class Helper:
                 if signo != signal.SIGKILL:
                     os.kill(self.pid, signal.SIGKILL)
                 _, self.status = os.waitpid(self.pid, 0)
-        os.close(self.pidfd)
+        os.close(self.exit_fd)
         os.close(self.output)
 
 

@@ -135,6 +135,9 @@ def _userns_hint(err: int | None) -> str:
         return "the limit user.max_user_namespaces is reached or 0; see rbox(1), HOST SETUP"
     if err == errno.EINVAL:
         return "rbox must be single-threaded here; report this as a bug"
+    apparmor = apparmor_hint()
+    if apparmor:
+        return apparmor
     return ("unprivileged user namespaces are restricted on this host (sysctls "
             "kernel.unprivileged_userns_clone or kernel.apparmor_restrict_unprivileged_userns); "
             "see rbox(1), HOST SETUP")
@@ -151,5 +154,17 @@ def unshare_rest(spec: Spec) -> None:
         sc.unshare(flags)
     except OSError as e:
         raise NamespaceError(f"cannot create the {names} namespaces: {e.strerror}",
-                             hint=resource_hint(e.errno or 0) or "a limit such as user.max_net_namespaces may be "
-                             "reached or 0; see rbox(1), HOST SETUP") from None
+                             hint=resource_hint(e.errno or 0) or apparmor_hint()
+                             or "a limit such as user.max_net_namespaces may be reached or 0; see rbox(1), HOST SETUP"
+                             ) from None
+
+
+def apparmor_hint() -> str | None:
+    """The administrator's fix when Ubuntu's AppArmor restriction is what failed us (the
+    user namespace is made, but without capabilities): hostcheck decides, from the host's
+    /proc, which stage-1 still sees here."""
+    from rootless import hostcheck
+
+    if hostcheck.apparmor_userns_restricted() is None:
+        return None
+    return "Ubuntu's AppArmor restriction on user namespaces is in the way: " + hostcheck.FIX["apparmor"]

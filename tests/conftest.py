@@ -35,7 +35,9 @@ def pytest_configure(config: pytest.Config) -> None:
 
 # Every capability a marker may name (`needs_NAME`, or `nosubid`), with what it checks.
 PROBES = ("userns", "subuid", "slirp4netns", "pasta", "dns_stub", "vm", "vm_broken", "tmux", "install", "nosubid",
-          "tiocsti", "zsh", "iproute2", "unprivileged", "two_users", "suppgroup", "keyrings")
+          "tiocsti", "zsh", "iproute2", "unprivileged", "two_users", "suppgroup", "keyrings",
+          # Kernel facilities newer than rbox's floor (4.18): absent under tests/oldkernel's filter.
+          "pidfd", "old_kernel")
 
 
 @functools.cache
@@ -119,6 +121,20 @@ def probe(name: str) -> str | None:
         code = "from rootless import syscalls as s; s.join_session_keyring()"
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
         return None if r.returncode == 0 else f"no kernel keyrings: {r.stderr.strip()[-200:]}"
+    if name == "pidfd":
+        # The test's own use of pidfd_open(2), Linux 5.3 (rbox falls back without it).
+        try:
+            os.close(os.pidfd_open(os.getpid()))
+        except OSError as e:
+            return f"no pidfd_open (Linux 5.3) on this kernel: {e.strerror}"
+        return None
+    if name == "old_kernel":
+        # Under tests/oldkernel/launch.py: the system calls added after 4.18 answer ENOSYS.
+        try:
+            os.close(os.pidfd_open(os.getpid()))
+        except OSError:
+            return None
+        return "not under the old-kernel filter (tests/oldkernel/run)"
     if name == "nosubid":
         from rootless import userns
 

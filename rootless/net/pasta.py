@@ -6,7 +6,7 @@ pasta joins PID 1's user and network namespaces and configures the interface its
 (`--config-net`) with the same addresses as slirp4netns. It runs in the foreground
 under a watchdog shell that rbox starts:
 
-    "$@" & p=$!; (read _ <&3; kill -TERM "$p") & wait "$p"
+    "$@" 4>&- & p=$!; (read _ <&3; kill -TERM "$p") 4>&- & wait "$p"
 
 Fd 3 is a pipe whose write end only rbox holds. When rbox exits, even by SIGKILL and even
 in the middle of setting up, the kernel closes that end, the read returns and pasta is
@@ -29,7 +29,7 @@ from __future__ import annotations
 import os
 import signal
 
-from rootless import log, net, spawn, state
+from rootless import kernel, log, net, spawn, state
 from rootless.errors import HostSetupError, NetworkError, resource_hint_in
 from rootless.net.ports import Port
 from rootless.net.slirp import READY_TIMEOUT, _said, check_tun, exit_words, failure_hint
@@ -64,7 +64,9 @@ def build_argv(binary: str, init_pid: int, allow_host_loopback: bool, ports: lis
     return [*argv, str(init_pid)]
 
 
-WATCHDOG = '"$@" & p=$!; (read _ <&3; kill -TERM "$p" 2>/dev/null) & wait "$p"'
+# Fd 4: the watchdog's exit pipe before Linux 5.3 (spawn.Helper), kept from its children
+# so that it closes when the watchdog exits; where it is not open, `4>&-` does nothing.
+WATCHDOG = '"$@" 4>&- & p=$!; (read _ <&3; kill -TERM "$p" 2>/dev/null) 4>&- & wait "$p"'
 
 
 class PastaDriver:
@@ -96,7 +98,7 @@ class PastaDriver:
         try:
             argv = build_argv(self.binary, init_pid, self.allow_host_loopback, self.ports, fifo)
             self.watchdog = spawn.Helper(["/bin/sh", "-c", WATCHDOG, "rbox-pasta", argv[0], "--foreground",
-                                          *argv[1:]], {lifeline_r: 3})
+                                          *argv[1:]], {lifeline_r: 3}, exit_pipe_at=4)
             os.close(lifeline_r)
             self._wait_ready(ready, abort_fd)
         finally:
@@ -112,7 +114,7 @@ class PastaDriver:
             self.pid = int(pid)
             log.step(f"pasta is ready (pid {self.pid})")
             try:
-                self.pidfd = os.pidfd_open(self.pid)
+                self.pidfd = kernel.pidfd_open(self.pid)      # None before Linux 5.3: the watchdog's tells
             except ProcessLookupError:
                 self.pidfd = None           # gone already: the watchdog's exit tells
             return
@@ -129,10 +131,10 @@ class PastaDriver:
 
     @property
     def watch_fd(self) -> int | None:
-        """Readable once pasta has exited (its pidfd, else its watchdog's)."""
+        """Readable once pasta has exited (its pidfd, else its watchdog's exit_fd)."""
         if self.pidfd is not None:
             return self.pidfd
-        return self.watchdog.pidfd if self.watchdog is not None else None
+        return self.watchdog.exit_fd if self.watchdog is not None else None
 
     def death_note(self) -> str:
         """What happened to pasta, once watch_fd is readable. The watchdog shell waits

@@ -169,8 +169,8 @@ class SlirpDriver:
 
     @property
     def watch_fd(self) -> int | None:
-        """Readable once slirp4netns has exited (its pidfd); None before it started."""
-        return self.helper.pidfd if self.helper is not None else None
+        """Readable once slirp4netns has exited (spawn.Helper.exit_fd); None before it started."""
+        return self.helper.exit_fd if self.helper is not None else None
 
     def death_note(self) -> str:
         """What happened to slirp4netns, once watch_fd is readable."""

@@ -29,7 +29,8 @@ def test_check_on_a_host_where_rbox_runs_has_no_fail_and_exits_0() -> None:
     # the rest of the suite shows that it does: any `fail` here is a false one.
     # rbox(1), CHECK: exit status 0 when rbox can run with its defaults, 1 if not.
     r = run_rbox("check")
-    lines = [line for line in r.stdout.splitlines() if not line.startswith("      fix:")]
+    host, _, kernel_part = r.stdout.partition("\n\n")
+    lines = [line for line in host.splitlines() if not line.startswith("      fix:")]
     systemd = "ok    init system: systemd" in r.stdout
     # Without systemd, the user-manager and delegation lines would offer fixes that cannot work.
     assert len(lines) == (14 if systemd else 12)
@@ -39,6 +40,36 @@ def test_check_on_a_host_where_rbox_runs_has_no_fail_and_exits_0() -> None:
     assert [line for line in lines if line.startswith("fail")] == []
     assert "ok    /dev/net/tun: usable" in r.stdout
     assert (r.returncode, r.stderr) == (0, "")
+    # The kernel's own section follows, one line per facility (checked for truth below).
+    assert kernel_part.splitlines()[0] == f"ok    kernel: Linux {os.uname().release} (rbox needs 4.18 or later)"
+    assert len(kernel_part.splitlines()) >= 7
+
+
+def syscall_answers(nr: int, *args: int) -> int:
+    """errno of a raw system call made by the test itself (0: it succeeded)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.syscall.restype = ctypes.c_long
+    rc = libc.syscall(nr, *[ctypes.c_long(a) for a in args])
+    return 0 if rc >= 0 else ctypes.get_errno()
+
+
+def test_check_tells_the_truth_about_the_kernels_facilities() -> None:
+    # Each facility probed here independently of rbox (raw numbers, unified since 5.1):
+    # the same answers must come out of `rbox check`, on a new kernel and under the
+    # old-kernel tier's filter (tests/oldkernel), where they answer ENOSYS.
+    import errno
+
+    _, found = findings()
+    expected = {
+        "kernel: pidfd_open (Linux 5.3)": syscall_answers(434, os.getpid(), 0) != errno.ENOSYS,
+        "kernel: mount_setattr (Linux 5.12)": syscall_answers(442, -1, 0, 0, 0, 0) != errno.ENOSYS,
+        "kernel: close_range CLOEXEC (Linux 5.11)": syscall_answers(436, 1 << 30, 1 << 30, 1 << 2) == 0,
+    }
+    for name, present in expected.items():
+        assert found[name]["detail"].startswith("present: " if present else "absent: "), (name, found[name])
+    assert found["kernel"]["detail"].startswith(f"Linux {os.uname().release} ")
 
 
 @pytest.mark.needs_userns

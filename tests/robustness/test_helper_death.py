@@ -1,5 +1,6 @@
 """The network helper dies while the command runs (killed, crashed, out of memory):
-rbox notices at once through the helper's pidfd and says so in one warning naming the
+rbox notices at once through the helper's exit descriptor (its pidfd; before Linux 5.3 a
+pipe only the helper holds: the old-kernel tier runs this file) and says so in one warning naming the
 helper and how it ended; the command keeps running, without a network (rbox(1),
 NETWORK), and rbox exits with the command's status.
 

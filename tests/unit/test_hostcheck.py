@@ -11,7 +11,6 @@ from rootless import hostcheck as hc
 @pytest.mark.parametrize(("path", "value", "detail"), [
     ("user/max_user_namespaces", "0", "user.max_user_namespaces is 0"),
     ("kernel/unprivileged_userns_clone", "0", "kernel.unprivileged_userns_clone is 0"),
-    ("kernel/apparmor_restrict_unprivileged_userns", "1", "kernel.apparmor_restrict_unprivileged_userns is 1"),
 ])
 def test_userns_sysctls_that_forbid(fs, path: str, value: str, detail: str) -> None:
     fs.create_file("/proc/sys/user/max_user_namespaces", contents="1000\n")
@@ -20,6 +19,94 @@ def test_userns_sysctls_that_forbid(fs, path: str, value: str, detail: str) -> N
     f = hc.check_userns_sysctls()
     assert (f.status, f.fix) == ("fail", hc.FIX["userns_sysctl"])
     assert f.detail.startswith(detail)
+
+
+def apparmor_host(fs, restrict: str | None, enabled: str | None = "Y", label: str | None = "unconfined") -> None:
+    fs.create_file("/proc/sys/user/max_user_namespaces", contents="1000\n")
+    if restrict is not None:
+        fs.create_file("/proc/sys/kernel/apparmor_restrict_unprivileged_userns", contents=restrict + "\n")
+    if enabled is not None:
+        fs.create_file("/sys/module/apparmor/parameters/enabled", contents=enabled + "\n")
+    if label is not None:
+        fs.create_file("/proc/self/attr/apparmor/current", contents=label + "\n")
+
+
+def test_apparmor_restriction_on_an_unconfined_rbox_fails_with_the_profile_fix(fs) -> None:
+    # Ubuntu 23.10+: the sysctl is 1, AppArmor is on, rbox runs unconfined.
+    apparmor_host(fs, "1")
+    assert hc.apparmor_userns_restricted() is not None
+    f = hc.check_userns_sysctls()
+    assert (f.status, f.fix) == ("fail", hc.FIX["apparmor"])
+    assert f.detail.startswith("kernel.apparmor_restrict_unprivileged_userns is 1")
+    assert "helpers/apparmor.d/rbox" in f.fix and "apparmor_parser -r" in f.fix
+
+
+@pytest.mark.parametrize(("restrict", "enabled", "label"), [
+    ("0", "Y", "unconfined"),                 # the restriction lifted
+    (None, None, None),                       # a kernel without it (Debian, RHEL)
+    ("1", "N", "unconfined"),                 # AppArmor disabled at boot
+    ("1", "Y", "rbox (unconfined)"),          # rbox under its profile (helpers/apparmor.d/rbox)
+])
+def test_apparmor_restriction_that_does_not_apply(fs, restrict, enabled, label) -> None:
+    apparmor_host(fs, restrict, enabled, label)
+    assert hc.apparmor_userns_restricted() is None
+    assert hc.check_userns_sysctls().status == "ok"
+
+
+def test_apparmor_restriction_on_the_old_attr_interface(fs) -> None:
+    # Kernels before 5.8 have only /proc/self/attr/current.
+    apparmor_host(fs, "1", label=None)
+    fs.create_file("/proc/self/attr/current", contents="unconfined\n")
+    assert hc.apparmor_userns_restricted() is not None
+
+
+def test_stage1_hint_names_the_apparmor_fix_when_restricted(fs) -> None:
+    from rootless import stage1
+
+    apparmor_host(fs, "1")
+    assert hc.FIX["apparmor"] in (stage1.apparmor_hint() or "")
+    assert hc.FIX["apparmor"] in stage1._userns_hint(1)
+
+
+def test_stage1_hint_is_the_sysctl_one_without_apparmor(fs) -> None:
+    from rootless import stage1
+
+    apparmor_host(fs, None, None, None)
+    assert stage1.apparmor_hint() is None
+    assert "kernel.unprivileged_userns_clone" in stage1._userns_hint(1)
+
+
+def test_kernel_section_lists_each_facility_with_what_it_costs() -> None:
+    from rootless import kernel
+
+    absent = {name: False for name, *_ in kernel.FACILITIES}
+    found = hc.check_kernel("4.18.0-553.el8_10.x86_64", absent)
+    assert (found[0].name, found[0].status) == ("kernel", "ok")
+    assert "Linux 4.18.0-553.el8_10.x86_64 (rbox needs 4.18 or later)" == found[0].detail
+    by_name = {f.name: f for f in found[1:]}
+    assert len(by_name) == len(kernel.FACILITIES)
+    pidfd = by_name["kernel: pidfd_open (Linux 5.3)"]
+    assert pidfd.status == "ok" and pidfd.detail.startswith("absent: ") and "pipe" in pidfd.detail
+    assert by_name["kernel: seccomp filters (Linux 3.5)"].status == "warn"
+    present = hc.check_kernel("6.1.0", {name: True for name, *_ in kernel.FACILITIES})
+    assert all(f.status == "ok" for f in present)
+    assert all(f.detail.startswith("present: ") for f in present[1:])
+    cannot_tell = hc.check_kernel("6.1.0", {**absent, "cgroup.kill": None})
+    assert "cannot tell here" in {f.name: f for f in cannot_tell}["kernel: cgroup.kill (Linux 5.14)"].detail
+
+
+def test_a_kernel_below_the_floor_fails() -> None:
+    found = hc.check_kernel("3.10.0-1160.el7.x86_64", {})
+    assert (found[0].status, found[0].fix) == ("fail", hc.FIX["kernel"])
+    assert "older than 4.18" in found[0].detail
+
+
+@pytest.mark.parametrize(("release", "version"), [("4.18.0-553.el8_10.x86_64", (4, 18)), ("6.18.44-fc-v657", (6, 18)),
+                                                  ("5.10.0-28-amd64", (5, 10)), ("6", (6, 0)), ("weird", (0, 0))])
+def test_kernel_version_parsing(release: str, version: tuple[int, int]) -> None:
+    from rootless import kernel
+
+    assert kernel.version(release) == version
 
 
 def test_userns_sysctls_that_allow(fs) -> None:
