@@ -145,15 +145,17 @@ def test_a_ctrl_c_while_rbox_starts_ends_it_quietly_with_130() -> None:
     for _ in range(12):
         proc = subprocess.Popen([*RBOX, "run", "--net=none", "--", "sleep", "5"], env=rbox_env(None),
                                 stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        seen_handler = taken_back = False
+        # Python's handler still there when SIGINT is blocked is the old behaviour; the
+        # moment in between is too short to be sure to see under load, so only that
+        # combination is looked for, until SIGINT is blocked.
+        kept = False
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline:
             caught, blocked = sigint_state(proc.pid)
-            seen_handler = seen_handler or caught
-            taken_back = seen_handler and not caught and not blocked
-            if taken_back or blocked:
+            kept = kept or (caught and blocked)
+            if blocked:
                 break
-        assert taken_back, "rbox kept Python's KeyboardInterrupt handler until it blocked SIGINT"
+        assert not kept, "rbox kept Python's KeyboardInterrupt handler until it blocked SIGINT"
         time.sleep(random.uniform(0, 0.030))
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=30)
