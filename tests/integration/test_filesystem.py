@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import time
 import uuid
 from pathlib import Path
 
@@ -268,6 +269,8 @@ def test_dry_run_starts_no_network_helper_and_no_limits(tmp_path, driver: str) -
                  env={"PATH": path})
     assert r.returncode == 0, r.stderr
     assert r.stdout.startswith("id map (")
+    # A helper rbox spawned runs on after rbox exits: give it the time to show itself.
+    time.sleep(0.5)
     assert not log.exists(), log.read_text()
     # The positive control: the same PATH, without --dry-run, starts the fake helper.
     r = run_rbox("run", f"--net={driver}", "--", "true", cwd=tmp_path, env={"PATH": path})

@@ -78,6 +78,13 @@ def serve_one(cmd: str, path: str) -> str:
         if cmd == "umount":
             check(libc.umount2(os.fsencode(path), 2))   # MNT_DETACH
             return "ok"
+        if cmd == "mounts-at":
+            # How many mounts are stacked at `path` here (mountinfo's 5th field), and the
+            # top one's state: a clone that stayed a slave of the host's mount lets the
+            # host's own copy arrive below the one rbox shows.
+            with open("/proc/self/mountinfo") as f:
+                count = sum(1 for line in f if line.split(" ")[4] == path)
+            return f"{count} {state(path)}"
         if cmd == "setattr-rw":
             attr = MountAttr(0, 0x1, 0, 0)  # clear MOUNT_ATTR_RDONLY
             check(libc.syscall(442, -100, os.fsencode(path), 0, ctypes.byref(attr), ctypes.sizeof(attr)))

@@ -206,6 +206,11 @@ def test_nothing_writable_hides_under_a_shown_mount(late_host) -> None:
     assert h.host("mkdir", "/mnt/ro/late/sub") == "ok"
     h.mount("/mnt/ro/late/sub")
     assert h.shown_in_box("/mnt/ro/late/sub")
+    # Once the watcher has shown it (read-only on top), exactly one mount is there: no
+    # writable copy of the host's arrived below by propagation (deterministic, unlike
+    # racing the watcher with a write).
+    assert wait_until(lambda: h.box("mounts-at", "/mnt/ro/late/sub").endswith(" ro"), 10)
+    assert h.box("mounts-at", "/mnt/ro/late/sub") == "1 ro"
     assert h.box("umount", "/mnt/ro/late/sub") == "ok"
     assert h.box("read", "/mnt/ro/late/sub/marker") == "ENOENT"
     assert h.box("write", "/mnt/ro/late/sub/x") == "EROFS"
