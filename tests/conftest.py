@@ -37,7 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
 PROBES = ("userns", "subuid", "slirp4netns", "pasta", "dns_stub", "vm", "vm_broken", "tmux", "install", "nosubid",
           "tiocsti", "zsh", "iproute2", "unprivileged", "two_users", "suppgroup", "keyrings",
           # Kernel facilities newer than rbox's floor (4.18): absent under tests/oldkernel's filter.
-          "pidfd", "old_kernel")
+          "pidfd", "old_kernel", "mount_api")
 
 
 @functools.cache
@@ -121,6 +121,13 @@ def probe(name: str) -> str | None:
         code = "from rootless import syscalls as s; s.join_session_keyring()"
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=30)
         return None if r.returncode == 0 else f"no kernel keyrings: {r.stderr.strip()[-200:]}"
+    if name == "mount_api":
+        # open_tree/move_mount/mount_setattr (Linux 5.12): how later host mounts are shown.
+        from rootless import syscalls
+
+        if not syscalls.has_mount_setattr():
+            return "no mount_setattr (Linux 5.12) on this kernel: later host mounts are not shown at all"
+        return None
     if name == "pidfd":
         # The test's own use of pidfd_open(2), Linux 5.3 (rbox falls back without it).
         try:

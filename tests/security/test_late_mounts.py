@@ -110,6 +110,7 @@ def late_host(tmp_path):
         host.close()
 
 
+@pytest.mark.needs_mount_api
 def test_a_late_mount_under_the_read_only_root_is_shown_read_only(late_host) -> None:
     h = late_host()
     h.mount("/mnt/ro/late")
@@ -126,6 +127,7 @@ def test_a_late_mount_under_the_read_only_root_is_shown_read_only(late_host) -> 
     assert h.host("read", "/mnt/ro/late/from-box") == "ENOENT"
 
 
+@pytest.mark.needs_mount_api
 def test_a_late_mount_under_a_writable_bind_is_writable(late_host) -> None:
     h = late_host("--bind", "/mnt/bind:/tmp/bind")
     h.mount("/mnt/work/late")           # under the working directory's bind
@@ -140,6 +142,7 @@ def test_a_late_mount_under_a_writable_bind_is_writable(late_host) -> None:
     assert h.box("write", "/mnt/bind/late/other") == "EROFS"
 
 
+@pytest.mark.needs_mount_api
 def test_a_late_mount_under_a_read_only_bind_is_read_only(late_host) -> None:
     h = late_host("--ro-bind", "/mnt/robind:/tmp/robind")
     h.mount("/mnt/robind/late")
@@ -149,6 +152,7 @@ def test_a_late_mount_under_a_read_only_bind_is_read_only(late_host) -> None:
     assert h.ctl("write", "/mnt/robind/late/from-ctl") == "ok"
 
 
+@pytest.mark.needs_mount_api
 def test_late_mounts_below_late_mounts(late_host) -> None:
     h = late_host()
     for top in ("/mnt/ro/late", "/mnt/work/late"):
@@ -166,6 +170,7 @@ def test_late_mounts_below_late_mounts(late_host) -> None:
     assert h.ctl("write", "/mnt/ro/late/sub/x") == "ok"
 
 
+@pytest.mark.needs_mount_api
 def test_an_unmount_on_the_host_is_seen_inside(late_host) -> None:
     h = late_host()
     h.mount("/mnt/ro/late")
@@ -177,6 +182,7 @@ def test_an_unmount_on_the_host_is_seen_inside(late_host) -> None:
     assert h.shown_in_box("/mnt/ro/late")
 
 
+@pytest.mark.needs_mount_api
 def test_covered_places_stay_covered(late_host) -> None:
     h = late_host("--tmpfs", "/mnt/covered", "--hide", "/mnt/hidden")
     h.mount("/mnt/covered/late")
@@ -188,6 +194,7 @@ def test_covered_places_stay_covered(late_host) -> None:
     assert h.ctl("read", "/mnt/covered/late/marker") == "late /mnt/covered/late"
 
 
+@pytest.mark.needs_mount_api
 def test_root_inside_cannot_write_a_late_mount(late_host) -> None:
     h = late_host("--root")
     h.mount("/mnt/ro/late")
@@ -196,6 +203,7 @@ def test_root_inside_cannot_write_a_late_mount(late_host) -> None:
     assert h.box("write", "/mnt/ro/late/from-box") == "EROFS"
 
 
+@pytest.mark.needs_mount_api
 def test_nothing_writable_hides_under_a_shown_mount(late_host) -> None:
     # uid 0 inside may unmount what the watcher showed (it is not locked: it covers
     # nothing that was not visible before). What is below must be the read-only place
@@ -223,6 +231,7 @@ def test_nothing_writable_hides_under_a_shown_mount(late_host) -> None:
     assert h.ctl("write", "/mnt/ro/late/sub/x") == "ok"
 
 
+@pytest.mark.needs_mount_api
 def test_root_inside_cannot_make_a_late_mount_writable(late_host) -> None:
     h = late_host("--root")
     h.mount("/mnt/ro/late")
