@@ -123,10 +123,19 @@ def _alive(pid: int) -> bool:
 
 
 def keeps_owners() -> bool:
-    """Whether `run --root` maps subordinate ids here (else one id: owners flattened)."""
-    from rootless import unshare
+    """Whether `run --root` maps subordinate ids here (else one id: owners flattened).
+    Asked without a warning: the unpacking sandbox gives rbox's usual one."""
+    import pwd
 
-    return unshare.plan_root_map().mode == "subid"
+    from rootless import userns
+
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    plan = userns.plan_idmap(True, uid, os.getgid(), name, os.environ.get("PATH"), userns.no_new_privs_set())
+    return plan.mode == "subid"
 
 
 def remove_tree(path: str) -> None:

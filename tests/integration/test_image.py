@@ -284,3 +284,29 @@ def test_docker_archive_with_a_linked_layer(tmp_path: Path, env: dict[str, str])
     meta = inspected("linked", env, tmp_path)
     assert meta["layers"] == [sha(LAYERS[0])] * 2 and meta["config"] == {"Cmd": ["sh"]}
     assert (Path(str(meta["rootfs"])) / "etc/gone").read_bytes() == b"x"
+
+
+@pytest.mark.nosubid
+def test_single_id_flattens_owners_and_clears_set_id_bits(tmp_path: Path, env: dict[str, str]) -> None:
+    out = io.BytesIO()
+    with tarfile.open(fileobj=out, mode="w") as tar:
+        for name, kind, mode, uid in (("d", tarfile.DIRTYPE, 0o755, 7), ("d/su", tarfile.REGTYPE, 0o4755, 5),
+                                      ("d/sg", tarfile.REGTYPE, 0o2711, 6), ("null", tarfile.CHRTYPE, 0o666, 0),
+                                      ("zero", tarfile.CHRTYPE, 0o666, 0)):
+            info = tarfile.TarInfo(name)
+            info.type, info.mode, info.uid, info.gid = kind, mode, uid, uid
+            tar.addfile(info, io.BytesIO(b"") if kind == tarfile.REGTYPE else None)
+    (tmp_path / "l.tar").write_bytes(out.getvalue())
+    r = image(["import", str(tmp_path / "l.tar"), "flat"], env, tmp_path)
+    assert r.returncode == 0, r.stderr
+    lines = r.stderr.splitlines()
+    assert len([line for line in lines if "mapping only your own uid" in line]) == 1
+    assert lines.count("rbox: notice: device nodes skipped (a user namespace cannot make them)") == 1
+    assert lines.count("rbox: notice: set-user-ID and set-group-ID bits cleared (everything belongs to you: "
+                       "no subordinate ids)") == 1
+    root = rootfs_of("flat", env, tmp_path)
+    for name, mode in (("d", 0o755), ("d/su", 0o755), ("d/sg", 0o711)):
+        st = (root / name).stat()
+        assert (st.st_uid, st.st_mode & 0o7777) == (os.getuid(), mode), name
+    assert image(["rm", "flat"], env, tmp_path).returncode == 0
+    assert os.listdir(tmp_path / "store/images") == []

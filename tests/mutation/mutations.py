@@ -369,4 +369,10 @@ MUTATIONS = [
     M("the unpacking sandbox can write the user's home",
       "rootless/image/store.py", '"--net=none", "-T", "--bind"', '"--net=none", "-T", "--home=rw", "--bind"',
       SEC + "test_image_unpack.py::test_unpacking_sandbox_writes_only_the_target"),
+    M("a failed import leaves its half-made tree in the store",
+      "rootless/image/command.py", "            store.remove_tree(staging)\n            raise", "            raise",
+      "tests/integration/test_image.py::test_oci_blob_with_wrong_digest_is_refused"),
+    M("a store on NFS is used (servers refuse files of subordinate ids)",
+      "rootless/image/store.py", "        if kind is not None:", "        if False:",
+      "tests/integration/test_image.py::test_store_on_a_network_file_system_is_refused"),
 ]
