@@ -49,6 +49,10 @@ SANDBOX_OPTIONS = (
     Opt(("--tmpfs",), "mounts", "mount an empty, writable tmpfs at DST", metavar="DST", kind="append"),
     Opt(("--hide",), "mounts", "make PATH appear empty (a directory) or as /dev/null (a file)",
         metavar="PATH", kind="append"),
+    Opt(("--rootfs",), "rootfs", "show directory DIR as `/`, read-only, instead of the host's", metavar="DIR",
+        kind="value"),
+    Opt(("--image",), "image", "show image NAME as `/`, read-only, with its Env, WorkingDir and command "
+        "(rbox image)", metavar="NAME", kind="value"),
     Opt(("--home",), "home", "your home directory: `ro` (default), `rw` or `tmpfs` (empty)",
         metavar="MODE", kind="value", choices=("ro", "rw", "tmpfs")),
     Opt(("--cwd-writable",), "cwd_writable",
