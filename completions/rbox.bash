@@ -6,7 +6,7 @@ _rbox() {
     prev="${COMP_WORDS[COMP_CWORD-1]}"
     cmd=
     for ((i = 1; i < COMP_CWORD; i++)); do
-        case "${COMP_WORDS[i]}" in run|sh|check|unshare) cmd="${COMP_WORDS[i]}"; break;; esac
+        case "${COMP_WORDS[i]}" in run|sh|check|unshare|image) cmd="${COMP_WORDS[i]}"; break;; esac
     done
     case "$prev" in
         --net) COMPREPLY=($(compgen -W "slirp4netns pasta none host" -- "$cur")); return;;
@@ -17,6 +17,8 @@ _rbox() {
         --ro-bind-try) COMPREPLY=($(compgen -f -- "$cur")); return;;
         --tmpfs) COMPREPLY=($(compgen -f -- "$cur")); return;;
         --hide) COMPREPLY=($(compgen -f -- "$cur")); return;;
+        --rootfs) COMPREPLY=($(compgen -f -- "$cur")); return;;
+        --image) return;;
         --home) COMPREPLY=($(compgen -W "ro rw tmpfs" -- "$cur")); return;;
         -w|--workdir) COMPREPLY=($(compgen -f -- "$cur")); return;;
         --hostname) return;;
@@ -34,10 +36,10 @@ _rbox() {
         -c) return;;
     esac
     case "$cmd" in
-        "") COMPREPLY=($(compgen -W "run sh check unshare -h --help --version --debug" -- "$cur"));;
-        run) COMPREPLY=($(compgen -W "--root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --bind-try --ro-bind-try --tmpfs --hide --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight --pass-fd -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
-        sh) COMPREPLY=($(compgen -W "-l --login -c --root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --bind-try --ro-bind-try --tmpfs --hide --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight --pass-fd -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
-        check) COMPREPLY=($(compgen -W "--json --debug -h --help" -- "$cur"));;
+        "") COMPREPLY=($(compgen -W "run sh check unshare image -h --help --version --debug" -- "$cur"));;
+        run) COMPREPLY=($(compgen -W "--root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --bind-try --ro-bind-try --tmpfs --hide --rootfs --image --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight --pass-fd -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
+        sh) COMPREPLY=($(compgen -W "-l --login -c --root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --bind-try --ro-bind-try --tmpfs --hide --rootfs --image --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight --pass-fd -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
+        check|image) COMPREPLY=($(compgen -W "--json --debug -h --help" -- "$cur"));;
         unshare) COMPREPLY=($(compgen -W "--debug -h --help" -- "$cur"));;
     esac
 }

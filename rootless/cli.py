@@ -79,6 +79,11 @@ def _main(argv: list[str]) -> int:
         from rootless import unshare
 
         return unshare.run(parsed.args)
+    if parsed.command == "image":
+        from rootless.image import command
+
+        fds.seal([])
+        return command.run(parsed.args, parsed.values, caller_environment())
     try:
         from rootless import parent, spec  # after --help: they are not needed for it
     except ImportError as e:

@@ -42,7 +42,7 @@ PER_RUN = {"help": "it prints the help", "dry-run": "it runs nothing", "profile"
            "tty": "whether a run gets a pseudo-terminal follows its terminal; -t forces one for a run",
            "no-tty": "whether a run gets a pseudo-terminal follows its terminal; -T forbids one for a run"}
 # Settings that name paths: `~`, `~/...` and $HOME expand, and they must then be absolute.
-PATH_KEYS = ("bind", "ro-bind", "bind-try", "ro-bind-try", "tmpfs", "hide", "workdir")
+PATH_KEYS = ("bind", "ro-bind", "bind-try", "ro-bind-try", "tmpfs", "hide", "workdir", "rootfs")
 FORMAT_HINT = "see rbox(1), FILES, for the format"
 MAX_SIZE = 1 << 20
 Path = tuple[str, ...]          # a key's full name: ("profiles", "gpu", "net")

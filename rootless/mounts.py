@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 
 from rootless import log, net
 from rootless import syscalls as sc
@@ -48,6 +49,86 @@ class RootBind(Op):
     def apply(self, oldroot: str, newroot: str) -> None:
         _mount(oldroot, newroot, None, sc.MS_BIND | sc.MS_REC, what="bind the host's `/`")
         make_readonly(newroot, oldroot)
+
+
+class ImageRoot(Op):
+    """An image's tree (--rootfs, --image) as `/`, read-only, without changing it.
+
+    The root is a tmpfs holding read-only binds of the image's top-level entries (its
+    symlinks copied), so a mount point the image lacks (your home, the working
+    directory, /etc/hosts) is made in a tmpfs, never in the image: ensure_mountpoint()
+    replaces the bind of the nearest image directory by such a tmpfs, level by level,
+    as deep as needed (`expand`). seal_image() makes those tmpfs mounts read-only once
+    the plan is carried out, so the command can write nowhere in `/` either."""
+
+    dst = "/"
+
+    def __init__(self, rootfs: str):
+        self.rootfs = rootfs
+
+    def describe(self) -> str:
+        return f"image {self.rootfs} -> / [ro, its entries bound on a tmpfs]"
+
+    def apply(self, oldroot: str, newroot: str) -> None:
+        IMAGE.clear()
+        IMAGE["root"] = newroot
+        _underlay(oldroot + self.rootfs, newroot, "/", oldroot)
+        for place in ("proc", "dev", "tmp", "run"):      # where the sandbox mounts its own
+            if not os.path.lexists(f"{newroot}/{place}"):
+                os.mkdir(f"{newroot}/{place}", 0o755)
+
+
+# For an image run, in init only: `root` (the new root), `oldroot`, the tmpfs mounts of
+# the underlay (`tmpfs:` + path) and the image directories bound read-only (`dir:` +
+# the path inside -> the host path), which expand() may replace.
+IMAGE: dict[str, str] = {}
+
+
+def _underlay(src: str, dst: str, inside: str, oldroot: str) -> None:
+    """A tmpfs at `dst` with `src`'s entries: directories and files bound read-only,
+    symlinks copied; other types (FIFOs, sockets) left out."""
+    _mount("tmpfs", dst, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=0755", what=f"mount a tmpfs on `{inside}`")
+    IMAGE["tmpfs:" + dst] = inside
+    os.chmod(dst, os.stat(src).st_mode & 0o7777)
+    for name in os.listdir(src):
+        source, target = f"{src}/{name}", f"{dst}/{name}"
+        child = inside.rstrip("/") + "/" + name
+        mode = os.lstat(source).st_mode
+        if stat.S_ISLNK(mode):
+            os.symlink(os.readlink(source), target)
+            continue
+        if stat.S_ISDIR(mode):
+            os.mkdir(target, 0o755)
+            IMAGE["dir:" + child] = source
+        elif stat.S_ISREG(mode):
+            open(target, "w").close()
+        else:
+            continue
+        _mount(source, target, None, sc.MS_BIND | sc.MS_REC, what=f"bind the image's `{child}`")
+        make_readonly(target, oldroot)
+
+
+def expand(inside: str) -> bool:
+    """Make room below `inside` (a path in the new root, missing or under a read-only
+    image directory): the deepest image directory above it becomes a tmpfs of binds.
+    False when no image directory is above it (no image, or another mount is there)."""
+    if "root" not in IMAGE:
+        return False
+    dirs = [p for p in (k[4:] for k in IMAGE if k.startswith("dir:")) if inside == p or inside.startswith(p + "/")]
+    if not dirs:
+        return False
+    top = min(dirs, key=len)          # the outermost first: its children are registered next
+    source = IMAGE.pop("dir:" + top)
+    _underlay(source, IMAGE["root"] + top, top, OLDROOT)
+    return True
+
+
+def seal_image() -> None:
+    """The underlay's tmpfs mounts read-only (each one alone: binds on them keep theirs)."""
+    for key in [k for k in IMAGE if k.startswith("tmpfs:")]:
+        _mount(None, key[6:], None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY | sc.MS_NOSUID | sc.MS_NODEV,
+               what=f"make the image's `{IMAGE[key]}` read-only")
+    IMAGE.clear()
 
 
 class Bind(Op):
@@ -191,10 +272,11 @@ def plan(spec: Spec) -> list[Op]:
     Every path in the spec is resolved already (spec.py, paths.py), so the order
     optimize() gives is the order of the places themselves, whatever aliases the options
     used. The places the sandbox mounts itself are paths.SANDBOX_OWN."""
-    ops: list[Op] = [RootBind(), Proc(), Dev(),
+    ops: list[Op] = [ImageRoot(spec.rootfs) if spec.rootfs else RootBind(), Proc(), Dev(),
                      Tmpfs("/tmp", "1777"), Tmpfs("/var/tmp", "1777"), Tmpfs("/run", "0755"),
                      Dir(f"/run/user/{spec.uid}", 0o700)]
     ops += _host_resolver(spec) + _network_files(spec)
+    ops += [File(path, content) for path, content in spec.image_files.items()]
     if spec.home_mode == "rw":
         ops.append(Bind(spec.home, spec.home, ro=False))
     elif spec.home_mode == "tmpfs":
@@ -219,6 +301,8 @@ def _host_resolver(spec: Spec) -> list[Op]:
     # which the sandbox replaces with a tmpfs; keep the file it points to, read-only.
     target = os.path.realpath("/etc/resolv.conf")
     hidden = ("/run/", "/tmp/", "/var/tmp/")
+    if spec.rootfs:
+        return []           # an image gets the host's resolver as a file of its own (spec.image_files)
     if spec.net == "host" and target.startswith(hidden) and os.path.isfile(target):
         return [Bind(target, target, ro=True)]
     return []
@@ -229,9 +313,12 @@ def _network_files(spec: Spec, etc: str = "/etc") -> list[Op]:
     DNS at 10.0.2.3, its own /etc/resolv.conf. The host's files are never modified."""
     # Every mode, --net=host too: the sandbox's UTS namespace has its own host name, which
     # gethostbyname(gethostname()) must still resolve.
-    ops: list[Op] = [File("/etc/hosts", net.hosts(_read(f"{etc}/hosts"), spec.hostname, spec.net), optional=True)]
+    # An image gets both files whether it has them or not (they are made in a tmpfs).
+    optional = not spec.rootfs
+    ops: list[Op] = [File("/etc/hosts", net.hosts(_read(f"{etc}/hosts"), spec.hostname, spec.net),
+                          optional=optional)]
     if net.uses_helper(spec.net):
-        ops.append(File("/etc/resolv.conf", net.resolv_conf(_read(f"{etc}/resolv.conf")), optional=True))
+        ops.append(File("/etc/resolv.conf", net.resolv_conf(_read(f"{etc}/resolv.conf")), optional=optional))
     return ops
 
 
@@ -286,25 +373,29 @@ def resolve_in(root: str, path: str, max_links: int = 40) -> str:
 
 
 def ensure_mountpoint(root: str, path: str, directory: bool, what: str) -> str:
-    """The resolved mount point, created (with parents) when it is missing."""
+    """The resolved mount point, created (with parents) when it is missing; in an image's
+    read-only tree, in a tmpfs put in its place (ImageRoot, expand)."""
     dst = resolve_in(root, path)
     if os.path.lexists(dst):
         return dst
-    try:
-        os.makedirs(os.path.dirname(dst), exist_ok=True)
-        if directory:
-            os.mkdir(dst)
-        else:
-            open(dst, "w").close()
-    except OSError as e:
-        if e.errno == errno.EROFS:
-            raise MountError(f"cannot {what}: `{path}` does not exist in the sandbox and its parent "
-                             "is read-only", hint="use a destination that exists on the host, or one "
-                             "under /tmp, /run or a --tmpfs") from None
-        raise MountError(f"cannot {what}: cannot create `{path}`: {e.strerror}",
-                         hint=resource_hint(e.errno or 0) or "use a destination that exists, or one under /tmp, "
-                         "/run or a --tmpfs") from None
-    return dst
+    while True:
+        try:
+            os.makedirs(os.path.dirname(dst), exist_ok=True)
+            if directory:
+                os.mkdir(dst)
+            else:
+                open(dst, "w").close()
+            return dst
+        except OSError as e:
+            if e.errno == errno.EROFS and expand(dst[len(root):] or "/"):
+                continue
+            if e.errno == errno.EROFS:
+                raise MountError(f"cannot {what}: `{path}` does not exist in the sandbox and its parent "
+                                 "is read-only", hint="use a destination that exists on the host, or one "
+                                 "under /tmp, /run or a --tmpfs") from None
+            raise MountError(f"cannot {what}: cannot create `{path}`: {e.strerror}",
+                             hint=resource_hint(e.errno or 0) or "use a destination that exists, or one under "
+                             "/tmp, /run or a --tmpfs") from None
 
 
 def _mount(src: str | None, dst: str, fstype: str | None, flags: int, data: str | None = None,

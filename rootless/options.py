@@ -49,6 +49,10 @@ SANDBOX_OPTIONS = (
     Opt(("--tmpfs",), "mounts", "mount an empty, writable tmpfs at DST", metavar="DST", kind="append"),
     Opt(("--hide",), "mounts", "make PATH appear empty (a directory) or as /dev/null (a file)",
         metavar="PATH", kind="append"),
+    Opt(("--rootfs",), "rootfs", "show directory DIR as `/`, read-only, instead of the host's", metavar="DIR",
+        kind="value"),
+    Opt(("--image",), "image", "show image NAME as `/`, read-only, with its Env, WorkingDir and command "
+        "(rbox image)", metavar="NAME", kind="value"),
     Opt(("--home",), "home", "your home directory: `ro` (default), `rw` or `tmpfs` (empty)",
         metavar="MODE", kind="value", choices=("ro", "rw", "tmpfs")),
     Opt(("--cwd-writable",), "cwd_writable",
@@ -98,6 +102,12 @@ UNSHARE_OPTIONS = (
     Opt(("-h", "--help"), "help", "show this help and exit"),
 )
 
+IMAGE_OPTIONS = (
+    Opt(("--json",), "json", "`ls`, `inspect`: print JSON"),
+    Opt(("--debug",), "debug", "print every setup step; tracebacks for rbox's own errors"),
+    Opt(("-h", "--help"), "help", "show this help and exit"),
+)
+
 GLOBAL_OPTIONS = (
     Opt(("-h", "--help"), "help", "show this help and exit"),
     Opt(("--version",), "version", "print rbox's version and exit"),
@@ -110,6 +120,8 @@ COMMANDS = {
     "check": ("[--json]", "Check what this host offers rbox: one finding per requirement, with the fix."),
     "unshare": ("[--] COMMAND [ARG...]", "Run COMMAND as uid 0 of a user namespace with your id map (to delete what "
                 "--root made)."),
+    "image": ("import SOURCE NAME | ls | inspect NAME | rm NAME", "Import, list, describe and remove images "
+              "(rbox(1), IMAGES)."),
 }
 
 
@@ -123,7 +135,8 @@ class Parsed:
 def options_for(command: str | None) -> tuple[Opt, ...]:
     if command is None:
         return GLOBAL_OPTIONS
-    return {"check": CHECK_OPTIONS, "sh": SH_OPTIONS, "unshare": UNSHARE_OPTIONS}.get(command, SANDBOX_OPTIONS)
+    return {"check": CHECK_OPTIONS, "sh": SH_OPTIONS, "unshare": UNSHARE_OPTIONS,
+            "image": IMAGE_OPTIONS}.get(command, SANDBOX_OPTIONS)
 
 
 def parse(argv: list[str], defaults: list[str] | None = None) -> Parsed:

@@ -28,7 +28,7 @@ import os
 from rootless import log
 from rootless import syscalls as sc
 from rootless.errors import MountError
-from rootless.mounts import NEWROOT, OLDROOT, Op
+from rootless.mounts import NEWROOT, OLDROOT, Op, seal_image
 
 WORKSPACE = "/tmp"
 
@@ -38,6 +38,7 @@ def build(ops: list[Op]) -> None:
     for op in ops:
         log.step(op.describe())
         op.apply(OLDROOT, NEWROOT)
+    seal_image()            # an image's tree (--rootfs, --image): the underlay read-only too
     finish_pivot()
 
 

@@ -73,6 +73,8 @@ class Spec:
     limits: Limits | None   # None: no limit asked, no cgroup work at all
     pass_fds: list[int]     # the caller's descriptors the command gets (--pass-fd), sorted
     argv: list[str]         # rbox's own arguments, to re-run them in a systemd scope
+    rootfs: str | None      # --rootfs/--image: the tree shown as `/` (resolved), else None
+    image_files: dict[str, str]   # with an image: /etc/passwd, /etc/group (and resolv.conf) to show
     __slots__ = tuple(__annotations__)
 
     def __init__(self, **fields: object):
@@ -94,17 +96,21 @@ def from_parsed(parsed: Parsed, environ: dict[str, str], cwd: str, tty: bool,
     home_mode = str(v.get("home") or "ro")
     cwd = os.path.realpath(cwd)   # getcwd() is physical already; tests pass other paths
     mounts, cwd_bound, cwd_warning = _resolve_paths(v, environ, cwd, home, home_mode, uid)
+    rootfs, config = _image_root(v, environ, cwd)
+    workdir = _workdir(v.get("workdir"), cwd)
+    if rootfs is not None and v.get("workdir") is None:
+        workdir = _image_workdir(config, cwd, cwd_bound, home, mounts)
     return Spec(
-        command=_command(parsed, shell),
+        command=_command(parsed, shell, config if rootfs else None),
         root=bool(v.get("root")),
         net=net_mode,
         ports=_ports(v, net_mode),
         allow_host_loopback=_allow_host_loopback(v, net_mode),
         mounts=mounts,
         home_mode=home_mode,
-        workdir=_workdir(v.get("workdir"), cwd),
+        workdir=workdir,
         hostname=_hostname(str(v.get("hostname") or "rbox")),
-        env=_environment(v, environ),
+        env=_environment(v, environ, _strings(config.get("Env"))),
         dry_run=bool(v.get("dry_run")),
         debug=bool(v.get("debug")),
         uid=uid, gid=gid, user=user, home=home, cwd=cwd, cwd_bound=cwd_bound, cwd_warning=cwd_warning,
@@ -112,7 +118,97 @@ def from_parsed(parsed: Parsed, environ: dict[str, str], cwd: str, tty: bool,
         limits=_limits(v),
         pass_fds=sorted({check_passable(value) for _, value in _list(v, "pass_fd")}),
         argv=list(argv or []),
+        rootfs=rootfs,
+        image_files=_image_files(rootfs, bool(v.get("root")), uid, gid, user, home, net_mode) if rootfs else {},
     )
+
+
+def _image_root(v: dict[str, object], environ: dict[str, str], cwd: str) -> tuple[str | None, dict[str, object]]:
+    """The tree --rootfs or --image names (resolved), and the image's config."""
+    rootfs, image = v.get("rootfs"), v.get("image")
+    if rootfs is not None and image is not None:
+        raise SpecError("--rootfs and --image exclude each other", hint="give one of them")
+    if image is not None:
+        from rootless.image import command, store
+
+        the_store = store.Store.open(environ)
+        meta = command.load(the_store, str(image))
+        config = meta.get("config")
+        return os.path.join(the_store.image_dir(str(image)), "rootfs"), config if isinstance(config, dict) else {}
+    if rootfs is None:
+        return None, {}
+    path = os.path.realpath(_absolute(str(rootfs), cwd, "--rootfs"))
+    if not os.path.isdir(path):
+        raise SpecError(f"--rootfs `{rootfs}` is not a directory",
+                        hint="give the directory to show as `/`, e.g. a tree made by `rbox image import`")
+    if path == "/":
+        raise SpecError("--rootfs / is the host's root, which rbox shows anyway", hint="leave out --rootfs")
+    return path, {}
+
+
+def _strings(value: object) -> list[str]:
+    return [str(item) for item in value] if isinstance(value, list) else []
+
+
+def _image_workdir(config: dict[str, object], cwd: str, cwd_bound: bool, home: str, mounts: list[UserMount]) -> str:
+    """Where the command starts in an image: its WorkingDir; else the current directory
+    when the sandbox shows it (bound, or in the home), else `/`."""
+    working = config.get("WorkingDir")
+    if isinstance(working, str) and working.startswith("/"):
+        return working
+    if cwd_bound or inside(cwd, home) or any(m.kind in ("--bind", "--ro-bind") and inside(cwd, m.dst) for m in mounts):
+        return cwd
+    return "/"
+
+
+def _image_files(rootfs: str, root: bool, uid: int, gid: int, user: str, home: str, net_mode: str) -> dict[str, str]:
+    """The image's /etc/passwd and /etc/group with an entry for you (uid 0 with --root)
+    when it has none, so that `id` and `whoami` name you; the host's resolver when no
+    helper serves DNS (mounts.py adds the helper's)."""
+    import grp
+
+    inner_uid, inner_gid = (0, 0) if root else (uid, gid)
+    name = "root" if root else user
+    try:
+        group = "root" if root else grp.getgrgid(gid).gr_name
+    except KeyError:
+        group = str(gid)
+    passwd, groups = _read_in(rootfs, "etc/passwd"), _read_in(rootfs, "etc/group")
+    if not any(line.split(":")[2:3] == [str(inner_uid)] for line in passwd.splitlines()):
+        passwd += ("" if passwd.endswith("\n") or not passwd else "\n") + \
+            f"{name}:x:{inner_uid}:{inner_gid}::{'/root' if root else home}:/bin/sh\n"
+    if not any(line.split(":")[2:3] == [str(inner_gid)] for line in groups.splitlines()):
+        groups += ("" if groups.endswith("\n") or not groups else "\n") + f"{group}:x:{inner_gid}:\n"
+    files = {"/etc/passwd": passwd, "/etc/group": groups}
+    from rootless.net import uses_helper
+
+    if not uses_helper(net_mode):
+        try:
+            with open("/etc/resolv.conf") as f:
+                files["/etc/resolv.conf"] = f.read(1 << 20)
+        except OSError:
+            files["/etc/resolv.conf"] = ""
+    return files
+
+
+def _read_in(root: str, path: str) -> str:
+    """A file of the image, resolved with the image as `/` (openat2 RESOLVE_IN_ROOT): a
+    symlink in it cannot make rbox read a file of the host."""
+    try:
+        with os.fdopen(_open_in(root, path), "rb") as f:
+            return f.read(1 << 20).decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def _open_in(root: str, path: str) -> int:
+    from rootless import syscalls as sc
+
+    top = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return sc.openat2(path, os.O_RDONLY, sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS, dirfd=top)
+    finally:
+        os.close(top)
 
 
 def _resolve_paths(v: dict[str, object], environ: dict[str, str], cwd: str, home: str, home_mode: str,
@@ -294,7 +390,7 @@ def _pty(v: dict[str, object], tty: bool) -> bool:
     return bool(v.get("tty")) or (tty and not v.get("no_tty"))
 
 
-def _command(parsed: Parsed, shell: str) -> list[str]:
+def _command(parsed: Parsed, shell: str, config: dict[str, object] | None = None) -> list[str]:
     if parsed.command == "sh":
         # The shell's own -l and -c, passed as the shell takes them (sh(1), bash(1)).
         argv = [shell or "/bin/sh"] + (["-l"] if parsed.values.get("login") else [])
@@ -305,6 +401,13 @@ def _command(parsed: Parsed, shell: str) -> list[str]:
             raise SpecError("`rbox sh` takes no command words without -c",
                             hint="use `rbox sh -c 'COMMAND'`, or `rbox run -- COMMAND ...`")
         return argv
+    if not parsed.args and config is not None:
+        # An image's own command: Entrypoint, then Cmd (as docker run with no arguments).
+        argv = _strings(config.get("Entrypoint")) + _strings(config.get("Cmd"))
+        if argv:
+            return argv
+        raise SpecError("the image has no Entrypoint or Cmd: `rbox run` needs a COMMAND",
+                        hint="give one, e.g. `rbox run --image NAME -- sh`")
     if not parsed.args:
         raise SpecError("`rbox run` needs a COMMAND",
                         hint="for example `rbox run -- id`, or `rbox sh` for a shell")
@@ -390,8 +493,13 @@ def _hostname(name: str) -> str:
     return name
 
 
-def _environment(v: dict[str, object], environ: dict[str, str]) -> dict[str, str]:
+def _environment(v: dict[str, object], environ: dict[str, str], image_env: list[str] | None = None
+                 ) -> dict[str, str]:
     env = {} if v.get("clearenv") else dict(environ)
+    for item in image_env or []:        # the image's Env over rbox's environment; -e wins
+        key, sep, value = item.partition("=")
+        if key and sep:
+            env[key] = value
     # Lets shell prompts and scripts know where they are (rbox(1), ENVIRONMENT).
     env["RBOX_SANDBOX"] = "1"
     for _, key in _list(v, "unsetenv"):

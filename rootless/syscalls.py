@@ -52,6 +52,8 @@ OPEN_TREE_CLONE = 0x1
 MOVE_MOUNT_F_EMPTY_PATH = 0x4
 MOVE_MOUNT_T_EMPTY_PATH = 0x40
 RESOLVE_NO_SYMLINKS = 0x4
+RESOLVE_NO_MAGICLINKS = 0x2
+RESOLVE_IN_ROOT = 0x10
 
 # System call numbers without a glibc wrapper. mount_setattr (5.12) came after the
 # unification of new syscall numbers across architectures (424 and up), so it is 442
@@ -189,9 +191,9 @@ class _OpenHow(ctypes.Structure):
     _fields_ = [("flags", ctypes.c_uint64), ("mode", ctypes.c_uint64), ("resolve", ctypes.c_uint64)]
 
 
-def openat2(path: str, flags: int, resolve: int) -> int:
+def openat2(path: str, flags: int, resolve: int, dirfd: int = AT_FDCWD) -> int:
     how = _OpenHow(flags | os.O_CLOEXEC, 0, resolve)
-    rc = _libc.syscall(SYS_OPENAT2, AT_FDCWD, _b(path), ctypes.byref(how), ctypes.sizeof(how))
+    rc = _libc.syscall(SYS_OPENAT2, dirfd, _b(path), ctypes.byref(how), ctypes.sizeof(how))
     if rc < 0:
         raise oserror("openat2", path)
     return int(rc)
@@ -237,3 +239,12 @@ def drop_bounding_set() -> None:
             if ctypes.get_errno() == errno.EINVAL and cap > 0:
                 return
             raise oserror("prctl(PR_CAPBSET_DROP)")
+
+
+def statfs_type(path: str) -> int:
+    """The file system's magic number (statfs(2) f_type, the first field on every
+    64-bit ABI; the buffer is larger than struct statfs anywhere)."""
+    buf = ctypes.create_string_buffer(256)
+    if _libc.statfs(_b(path), buf) < 0:
+        raise oserror("statfs", path)
+    return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF

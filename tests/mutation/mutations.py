@@ -41,6 +41,7 @@ U_COMPLETION = "tests/unit/test_completion.py::"
 SEC = "tests/security/"
 DAILY = "tests/integration/test_daily.py::"
 TDAILY = "tests/integration/test_terminal_daily.py::"
+UNPACK = "tests/unit/test_unpack.py::test_attack_stays_inside"
 RUN_WORDS = " ".join(name for opt in options_for("run") for name in opt.names)
 
 
@@ -339,4 +340,45 @@ MUTATIONS = [
     M("the shown clone stays a slave of the host's mount: host mounts below it arrive writable",
       "rootless/latemounts.py", "sc.MOUNT_ATTR_RDONLY, sc.MS_PRIVATE)", "sc.MOUNT_ATTR_RDONLY, 0)",
       SEC + "test_late_mounts.py::test_nothing_writable_hides_under_a_shown_mount"),
+
+    # --- the image unpacker (rootless/image/unpack.py) and its sandbox (store.py)
+    M("a `..` in a member's name climbs out of the target",
+      "rootless/image/unpack.py", '    if ".." in found:', "    if False:",
+      UNPACK + "[dotdot_name-openat2]", UNPACK + "[dotdot_inside-nofollow]"),
+    M("parents opened following symlinks: `x -> ..` then `x/f` writes beside the target",
+      "rootless/image/unpack.py", "os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC", "os.O_DIRECTORY | os.O_CLOEXEC",
+      UNPACK + "[cross_layer_dotdot-nofollow]", UNPACK + "[cross_layer_dotdot-openat2]"),
+    M("a symlinked parent resolved from the host's view, not with the target as `/`",
+      "rootless/image/unpack.py", "sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS", "sc.RESOLVE_NO_MAGICLINKS",
+      UNPACK + "[cross_layer_dotdot-openat2]", UNPACK + "[whiteout_through_symlink-openat2]"),
+    M("a hard link to a symlink is made (it can point anywhere)",
+      "rootless/image/unpack.py", "            if not stat.S_ISREG(st.st_mode):", "            if False:",
+      UNPACK + "[hardlink_to_symlink-openat2]"),
+    M("what is in an entry's place is left there: the file is written through an earlier symlink",
+      "rootless/image/unpack.py", "            os.unlink(base, dir_fd=parent)\n", "            pass\n",
+      UNPACK + "[symlink_then_file_next_layer-openat2]", UNPACK + "[symlink_then_file_same_name-nofollow]"),
+    M("set-user-ID bits kept when everything is flattened to the user",
+      "rootless/image/unpack.py", "            mode &= ~(stat.S_ISUID | stat.S_ISGID)\n", "",
+      "tests/unit/test_unpack.py::test_setid_stripped_when_flattened"),
+    M("device nodes not recognised: each is reported as an unknown entry",
+      "rootless/image/unpack.py", "        if m.ischr() or m.isblk():", "        if False:",
+      "tests/unit/test_unpack.py::test_devices_skipped_with_one_notice"),
+    M("an opaque marker empties its directory of this layer's own entries too",
+      "rootless/image/unpack.py", "                if child not in made:", "                if True:",
+      "tests/unit/test_unpack.py::test_opaque_directory[marker_last]"),
+    M("the unpacking sandbox can write the user's home",
+      "rootless/image/store.py", '"--net=none", "-T", "--bind"', '"--net=none", "-T", "--home=rw", "--bind"',
+      SEC + "test_image_unpack.py::test_unpacking_sandbox_writes_only_the_target"),
+    M("a failed import leaves its half-made tree in the store",
+      "rootless/image/command.py", "            store.remove_tree(staging)\n            raise", "            raise",
+      "tests/integration/test_image.py::test_oci_blob_with_wrong_digest_is_refused"),
+    M("a store on NFS is used (servers refuse files of subordinate ids)",
+      "rootless/image/store.py", "        if kind is not None:", "        if False:",
+      "tests/integration/test_image.py::test_store_on_a_network_file_system_is_refused"),
+    M("an image's tmpfs underlay stays writable: the command writes in the image's `/`",
+      "rootless/rootfs.py", "    seal_image()            # an image", "    pass            # an image",
+      "tests/integration/test_image_run.py::test_the_image_is_read_only_and_unchanged"),
+    M("an image's directories bound writable: the command changes the stored image",
+      "rootless/mounts.py", "        make_readonly(target, oldroot)", "        pass",
+      "tests/integration/test_image_run.py::test_the_image_is_read_only_and_unchanged"),
 ]

@@ -1,0 +1,227 @@
+"""Where images live, and the sandbox that unpacks them.
+
+Runs in: parent (`rbox image ...`). The unpacking itself runs in a child: an rbox
+sandbox (`run --root` with the staging directory bound writable and everything else
+read-only, no network), whose command is `python -m rootless.image.unpack`.
+
+The store is `$RBOX_STORAGE`, else `$XDG_DATA_HOME/rbox`, else `~/.local/share/rbox`.
+Why under the user's own directory and not /var/tmp/$USER.rbox (Charliecloud's choice):
+a world-writable place lets another user create that name first and own the store; the
+user's data directory is theirs alone and survives reboots and tmp cleaners. Where that
+directory is on a network file system (a cluster's home), it is refused with the fix
+(RBOX_STORAGE on node-local disk): an NFS server refuses files owned by subordinate ids
+(they mean other users to it), and Lustre, GPFS and BeeGFS make the many small files of a
+root file system slow for everyone.
+
+Layout: `images/NAME/` (the published image: `rootfs/` and `image.json`), `tmp/` (staging
+directories, one per import, named after the importing process), `locks/NAME`. An
+import unpacks into `tmp/`, and only a complete image is renamed to `images/NAME`: a
+killed import leaves nothing under the name (its staging directory is removed by the
+next import). Two imports of one name take turns on `locks/NAME` (flock).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import sys
+
+from rootless import syscalls as sc
+from rootless.errors import RboxError
+
+# statfs(2) f_type of the file systems a store must not be on, with their names.
+NETWORK_FS = {0x6969: "NFS", 0x0BD00BD0: "Lustre", 0x47504653: "GPFS", 0x19830326: "BeeGFS",
+              0xFF534D42: "CIFS", 0xFE534D42: "SMB2", 0x00C36400: "CephFS"}
+NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+FIX = "export RBOX_STORAGE=/var/tmp/$USER.rbox (or another directory on this node's own disk)"
+
+
+def location(environ: dict[str, str]) -> str:
+    given = environ.get("RBOX_STORAGE")
+    if given:
+        return os.path.abspath(given)
+    data = environ.get("XDG_DATA_HOME") or os.path.join(environ.get("HOME") or os.path.expanduser("~"),
+                                                        ".local", "share")
+    return os.path.join(os.path.abspath(data), "rbox")
+
+
+def network_fs(magic: int) -> str | None:
+    """The name of a network file system by its statfs magic, else None."""
+    return NETWORK_FS.get(magic)
+
+
+def check_name(name: str) -> str:
+    if not name or len(name) > 128 or not set(name) <= NAME_CHARS or name[0] in ".-":
+        raise RboxError(f"invalid image name `{name}`",
+                        hint="use up to 128 letters, digits, `_`, `.` and `-`, not starting with `.` or `-`")
+    return name
+
+
+class Store:
+    def __init__(self, path: str):
+        self.path = path
+
+    @classmethod
+    def open(cls, environ: dict[str, str]) -> Store:
+        path = location(environ)
+        try:
+            for sub in ("", "images", "tmp", "locks"):
+                os.makedirs(os.path.join(path, sub), mode=0o700, exist_ok=True)
+            kind = network_fs(sc.statfs_type(path))
+        except OSError as e:
+            raise RboxError(f"cannot use the image store `{path}`: {e.strerror}",
+                            hint="set RBOX_STORAGE to a directory you may write on this node's own disk") from None
+        if kind is not None:
+            raise RboxError(f"the image store `{path}` is on {kind}, a network file system: files owned by "
+                            "subordinate ids and a root file system's many small files do not belong there",
+                            hint=FIX)
+        return cls(path)
+
+    def image_dir(self, name: str) -> str:
+        return os.path.join(self.path, "images", check_name(name))
+
+    def lock(self, name: str) -> int:
+        """An exclusive lock on `name`, held until the descriptor is closed (or the
+        process dies: flock(2) locks go with the open file)."""
+        fd = os.open(os.path.join(self.path, "locks", check_name(name)), os.O_RDWR | os.O_CREAT | os.O_CLOEXEC,
+                     0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        return fd
+
+    def staging(self) -> str:
+        """A new staging directory, after removing those of imports that died."""
+        tmp = os.path.join(self.path, "tmp")
+        for entry in os.listdir(tmp):
+            pid = entry.partition(".")[0]
+            if pid.isdigit() and not _alive(int(pid)):
+                remove_tree(os.path.join(tmp, entry))
+        path = os.path.join(tmp, f"{os.getpid()}.{os.urandom(4).hex()}")
+        os.mkdir(path, 0o700)
+        return path
+
+    def publish(self, staging: str, name: str) -> None:
+        """`staging` becomes images/NAME (rename(2) is atomic); an older image of that
+        name goes to tmp/ first and is removed after."""
+        final = self.image_dir(name)
+        old = None
+        if os.path.lexists(final):
+            old = self.staging()
+            os.rename(final, os.path.join(old, "old"))
+        os.rename(staging, final)
+        if old is not None:
+            remove_tree(old)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def keeps_owners() -> bool:
+    """Whether `run --root` maps subordinate ids here (else one id: owners flattened).
+    Asked without a warning: the unpacking sandbox gives rbox's usual one."""
+    import pwd
+
+    from rootless import userns
+
+    uid = os.getuid()
+    try:
+        name = pwd.getpwuid(uid).pw_name
+    except KeyError:
+        name = str(uid)
+    plan = userns.plan_idmap(True, uid, os.getgid(), name, os.environ.get("PATH"), userns.no_new_privs_set())
+    return plan.mode == "subid"
+
+
+def remove_tree(path: str) -> None:
+    """rm -rf inside a user namespace with the --root map (rbox unshare): the files of
+    subordinate ids are out of the user's reach outside it."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-m", "rootless", "unshare", "--", "rm", "-rf", "--", path],
+                       stdin=subprocess.DEVNULL, capture_output=True, text=True, env=_python_env())
+    if r.returncode != 0 or os.path.lexists(path):
+        raise RboxError(f"cannot remove `{path}`: {r.stderr.strip()[-300:]}",
+                        hint=f"remove it by hand: rbox unshare -- rm -rf {path}")
+
+
+def _python_env() -> dict[str, str]:
+    """This rbox's own modules for the child interpreters, installed or not."""
+    env = {k: v for k, v in os.environ.items() if k in ("PATH", "HOME", "USER", "LANG", "LC_ALL")}
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return env
+
+
+def unpack(layers: list[str], target: str, keep_owners: bool) -> int:
+    """Unpack `layers` (files, bottom first) into the empty directory `target`, in an
+    rbox sandbox where only `target` is writable. The layers reach it as descriptors
+    (--pass-fd), so they need not be visible inside. Returns the bytes of the files."""
+    fds = [os.open(path, os.O_RDONLY | os.O_CLOEXEC) for path in layers]
+    try:
+        command = [sys.executable, "-m", "rootless.image.unpack", *(["--keep-owners"] if keep_owners else []),
+                   target, *map(str, fds)]
+        code, output = sandbox(sandbox_argv(target, fds) + command, capture=True)
+    finally:
+        for fd in fds:
+            os.close(fd)
+    if code != 0:
+        raise RboxError(f"unpacking failed (exit status {code}); nothing was kept",
+                        hint="the message above says which entry of which layer; the archive may be damaged "
+                             "or hostile")
+    size = output.rpartition("size=")[2].strip()
+    return int(size) if size.isdigit() else 0
+
+
+def sandbox_argv(target: str, fds: list[int]) -> list[str]:
+    """The unpacking sandbox, up to its command: uid 0 over the subordinate ids (the
+    owners in the layers), no network, `target` the only place bound writable."""
+    return ["run", "--root", "--net=none", "-T", "--bind", target, *[f"--pass-fd={fd}" for fd in fds], "--"]
+
+
+def sandbox(argv: list[str], capture: bool = False) -> tuple[int, str]:
+    """rbox ARGV in a child process, with no configuration file applied (a site
+    profile's binds must not widen the unpacking sandbox), from `/` (no cwd bind); its
+    exit status, and its standard output when `capture`."""
+    read_end, write_end = os.pipe() if capture else (-1, -1)
+    pid = os.fork()
+    if pid == 0:
+        code = 125
+        try:
+            if capture:
+                os.dup2(write_end, 1)
+                os.close(read_end)
+                os.close(write_end)
+            code = _sandbox_child(argv)
+        except RboxError as e:
+            from rootless.cli import _print_error
+
+            _print_error(e.message, e.hint)
+            code = e.exit_code
+        except BaseException as e:  # noqa: BLE001 - the child must never return into the caller
+            os.write(2, f"rbox: error: unpacking sandbox: {type(e).__name__}: {e}\n".encode())
+        finally:
+            os._exit(code)
+    output = b""
+    if capture:
+        os.close(write_end)
+        with os.fdopen(read_end, "rb") as f:
+            output = f.read()
+    _, status = os.waitpid(pid, 0)          # retried after a signal handler ran (PEP 475)
+    return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status), \
+        output.decode(errors="replace")
+
+
+def _sandbox_child(argv: list[str]) -> int:
+    from rootless import fds, options, parent, spec
+
+    os.chdir("/")
+    parsed = options.parse(argv)
+    the_spec = spec.from_parsed(parsed, _python_env(), "/", False, argv)
+    the_spec.cwd_warning = None        # `/` is not bound, as meant: no warning about it
+    fds.seal(the_spec.pass_fds)
+    return parent.run(the_spec)

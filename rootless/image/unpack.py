@@ -1,0 +1,361 @@
+"""Unpacking image layers (tar archives) into a directory, safely.
+
+Runs in: the unpacking sandbox, as `python -m rootless.image.unpack` (the command of the
+`rbox run --root` that store.py starts, where only the target is writable). The class
+works on a descriptor of the target and nothing else, so tests call it directly too.
+
+Layers are untrusted archives. tarfile only parses the headers here (never extractall:
+its checks go through the host's realpath, and Debian 12's 3.11 has no filters); every
+file is made by this module, relative to the target's descriptor:
+- names: a leading `/` is dropped (as GNU tar does), `.` components go, and a `..`
+  component fails the layer (nothing in an image needs one);
+- parents are opened one component at a time with O_NOFOLLOW. A component that is a
+  symlink (a later layer writing `x/f` over `x -> ..`, the cross-layer escape) is
+  resolved with openat2(RESOLVE_IN_ROOT), which treats the target as `/`, so neither the
+  link nor a `..` in it leaves the target (openat2(2)). Without openat2 (before Linux
+  5.6) such a path fails the layer;
+- the last component is never followed: what is in its place is removed first (a path
+  that changes type between layers), then made anew with O_CREAT|O_EXCL, mkdirat,
+  symlinkat; a symlink is written as it is and never resolved;
+- hard links only to a regular file already in the tree (linkat does not follow a
+  symlink without AT_SYMLINK_FOLLOW, and the type is checked before);
+- numeric ids only: the user and group names in the headers are ignored;
+- whiteouts per the OCI image layer spec: `.wh.NAME` removes NAME of the layers below,
+  `.wh..wh..opq` empties its directory of what the layers below put there, wherever
+  in the layer the marker comes (what this layer wrote before it stays);
+- device nodes are skipped (mknod is not allowed in a user namespace), with one notice;
+- with a single id (no subordinate ids), everything belongs to the user: set-user-ID
+  and set-group-ID bits are cleared, with one notice.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import stat
+import sys
+import tarfile
+
+from rootless import syscalls as sc
+
+WHITEOUT = ".wh."
+OPAQUE = ".wh..wh..opq"
+CHUNK = 1 << 20
+DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+
+Path = tuple[str, ...]
+
+
+class UnpackError(Exception):
+    pass
+
+
+def has_openat2() -> bool:
+    try:
+        os.close(sc.openat2("/", os.O_RDONLY | os.O_DIRECTORY, sc.RESOLVE_IN_ROOT))
+    except OSError:
+        return False
+    return True
+
+
+def parts(name: str) -> Path:
+    """The components of a member's name, relative to the target."""
+    found = tuple(p for p in name.split("/") if p not in ("", "."))
+    if ".." in found:
+        raise UnpackError(f"`{name}` goes up with `..`: refusing the layer")
+    return found
+
+
+class Unpacker:
+    def __init__(self, target: str, keep_owners: bool, in_root: bool | None = None):
+        self.root = os.open(target, DIR_FLAGS)
+        self.keep_owners = keep_owners
+        self.in_root = has_openat2() if in_root is None else in_root
+        self.notices: list[str] = []
+        self.size = 0                   # bytes of regular files written
+
+    def close(self) -> None:
+        os.close(self.root)
+
+    def notice(self, text: str) -> None:
+        if text not in self.notices:        # each said once
+            self.notices.append(text)
+
+    def layer(self, stream: object) -> None:
+        """One tar archive (any compression tarfile knows), applied over the tree."""
+        made: set[Path] = set()           # what this layer wrote (an opaque marker keeps it)
+        dirs: list[tuple[Path, tarfile.TarInfo]] = []
+        try:
+            with tarfile.open(fileobj=stream, mode="r|*") as tar:  # type: ignore[call-overload]
+                for member in tar:
+                    self.member(tar, member, made, dirs)
+        except tarfile.TarError as e:
+            raise UnpackError(f"not a valid tar archive: {e}") from None
+        # Directory modes last (as tar does): a 0555 directory must not stop its own files.
+        for path, member in reversed(dirs):
+            self._dir_metadata(path, member)
+
+    def member(self, tar: tarfile.TarFile, m: tarfile.TarInfo, made: set[Path],
+               dirs: list[tuple[Path, tarfile.TarInfo]]) -> None:
+        path = parts(m.name)
+        try:
+            self._member(tar, m, path, made, dirs)
+        except OSError as e:
+            raise UnpackError(f"cannot unpack `{m.name[:200]}`: {e.strerror}") from None
+
+    def _member(self, tar: tarfile.TarFile, m: tarfile.TarInfo, path: Path, made: set[Path],
+                dirs: list[tuple[Path, tarfile.TarInfo]]) -> None:
+        if not path:
+            if m.isdir():
+                return            # `./`: the target itself
+            raise UnpackError(f"`{m.name}` would replace the image's root with a non-directory: refusing the layer")
+        base = path[-1]
+        if base == OPAQUE:
+            self._opaque(path[:-1], made)
+            return
+        if base.startswith(WHITEOUT):
+            hidden = base[len(WHITEOUT):]
+            if hidden in ("", ".", ".."):
+                raise UnpackError(f"invalid whiteout `{m.name}`: refusing the layer")
+            self._remove(path[:-1] + (hidden,))
+            return
+        if m.ischr() or m.isblk():
+            self.notice("device nodes skipped (a user namespace cannot make them)")
+            return
+        parent = self._open_dir(path[:-1], made)
+        try:
+            self._clear_place(parent, base, m.isdir())
+            made.add(path)
+            if m.isdir():
+                if not _exists(parent, base):
+                    os.mkdir(base, 0o700, dir_fd=parent)
+                dirs.append((path, m))
+            elif m.isreg():
+                self._file(tar, m, parent, base)
+            elif m.issym():
+                os.symlink(m.linkname, base, dir_fd=parent)
+                self._owner(base, parent, m)
+                os.utime(base, ns=_times(m), dir_fd=parent, follow_symlinks=False)
+            elif m.islnk():
+                self._hardlink(m, parent, base)
+            elif m.isfifo():
+                os.mkfifo(base, 0o600, dir_fd=parent)
+                self._owner(base, parent, m)
+                os.chmod(base, self._mode(m), dir_fd=parent)
+            else:
+                self.notice(f"entries of tar type {m.type!r} skipped")
+        finally:
+            os.close(parent)
+
+    def _open_dir(self, path: Path, made: set[Path] | None) -> int:
+        """A descriptor of the directory `path` under the target, never leaving it; the
+        missing components made when `made` is given (as tar does), else ENOENT."""
+        fd = os.dup(self.root)
+        try:
+            for i, name in enumerate(path):
+                try:
+                    nfd = os.open(name, DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if made is None:
+                        raise
+                    os.mkdir(name, 0o755, dir_fd=fd)
+                    nfd = os.open(name, DIR_FLAGS, dir_fd=fd)
+                except OSError as e:
+                    if e.errno not in (errno.ELOOP, errno.ENOTDIR):
+                        raise
+                    if not stat.S_ISLNK(os.lstat(name, dir_fd=fd).st_mode):
+                        raise
+                    nfd = self._through_symlink(path[:i + 1])
+                if made is not None:
+                    made.add(path[:i + 1])      # the layer has it (an opaque marker keeps it)
+                os.close(fd)
+                fd = nfd
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _through_symlink(self, path: Path) -> int:
+        """A directory reached through a symlink an earlier entry made (usr-merged
+        images: `lib -> usr/lib`, then `lib/x`), resolved with the target as `/`."""
+        shown = "/".join(path)
+        if not self.in_root:
+            raise UnpackError(f"`{shown}` is a symlink, and following it safely needs openat2 (Linux 5.6)")
+        try:
+            return sc.openat2(shown, os.O_RDONLY | os.O_DIRECTORY,
+                              sc.RESOLVE_IN_ROOT | sc.RESOLVE_NO_MAGICLINKS, dirfd=self.root)
+        except OSError as e:
+            raise UnpackError(f"`{shown}` is a symlink that leads to no directory in the image: {e.strerror}"
+                              ) from None
+
+    def _clear_place(self, parent: int, base: str, want_dir: bool) -> None:
+        """Remove what is at `base` unless it is the directory a directory entry wants:
+        the new entry replaces it (the upper layer wins, whatever the types)."""
+        try:
+            st = os.lstat(base, dir_fd=parent)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(st.st_mode):
+            if not want_dir:
+                shutil.rmtree(base, dir_fd=parent)      # fd-based: never follows a symlink
+        else:
+            os.unlink(base, dir_fd=parent)
+
+    def _remove(self, path: Path) -> None:
+        try:
+            parent = self._open_dir(path[:-1], None)
+        except (FileNotFoundError, NotADirectoryError):
+            return                      # nothing below to hide
+        try:
+            self._clear_place(parent, path[-1], False)
+        finally:
+            os.close(parent)
+
+    def _opaque(self, path: Path, made: set[Path]) -> None:
+        """Empty `path` of the lower layers' entries, keeping what this layer made."""
+        try:
+            fd = self._open_dir(path, None)
+        except (FileNotFoundError, NotADirectoryError):
+            return
+        try:
+            for name in os.listdir(fd):
+                child = path + (name,)
+                if child not in made:
+                    self._clear_place(fd, name, False)
+                elif stat.S_ISDIR(os.lstat(name, dir_fd=fd).st_mode):
+                    self._opaque(child, made)
+        finally:
+            os.close(fd)
+
+    def _file(self, tar: tarfile.TarFile, m: tarfile.TarInfo, parent: int, base: str) -> None:
+        fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
+                     dir_fd=parent)
+        with os.fdopen(fd, "wb") as out:
+            source = tar.extractfile(m)
+            if source is not None:
+                shutil.copyfileobj(source, out, CHUNK)
+                self.size += m.size
+            out.flush()
+            self._owner(fd, None, m)
+            os.chmod(fd, self._mode(m))      # after chown, which clears set-id bits
+            os.utime(fd, ns=_times(m))
+
+    def _hardlink(self, m: tarfile.TarInfo, parent: int, base: str) -> None:
+        target = parts(m.linkname)
+        if not target:
+            raise UnpackError(f"hard link `{m.name}` to the image's root: refusing the layer")
+        try:
+            tdir = self._open_dir(target[:-1], None)
+        except FileNotFoundError:
+            raise UnpackError(f"hard link `{m.name}` to `{m.linkname}`, which is not in the image") from None
+        try:
+            try:
+                st = os.lstat(target[-1], dir_fd=tdir)
+            except FileNotFoundError:
+                raise UnpackError(f"hard link `{m.name}` to `{m.linkname}`, which is not in the image") from None
+            if not stat.S_ISREG(st.st_mode):
+                raise UnpackError(f"hard link `{m.name}` to `{m.linkname}`, which is not a regular file: "
+                                  "refusing the layer")
+            os.link(target[-1], base, src_dir_fd=tdir, dst_dir_fd=parent, follow_symlinks=False)
+        finally:
+            os.close(tdir)
+
+    def _dir_metadata(self, path: Path, m: tarfile.TarInfo) -> None:
+        try:
+            fd = self._open_dir(path, None)
+        except OSError:
+            return                      # removed later in the layer
+        try:
+            self._owner(fd, None, m)
+            os.chmod(fd, self._mode(m))
+            os.utime(fd, ns=_times(m))
+        finally:
+            os.close(fd)
+
+    def _mode(self, m: tarfile.TarInfo) -> int:
+        mode = m.mode & 0o7777
+        if not self.keep_owners and mode & (stat.S_ISUID | stat.S_ISGID):
+            self.notice("set-user-ID and set-group-ID bits cleared (everything belongs to you: no subordinate ids)")
+            mode &= ~(stat.S_ISUID | stat.S_ISGID)
+        return mode
+
+    def _owner(self, where: int | str, parent: int | None, m: tarfile.TarInfo) -> None:
+        if not self.keep_owners:
+            return
+        try:
+            if parent is None:
+                os.chown(where, m.uid, m.gid)
+            else:
+                os.chown(where, m.uid, m.gid, dir_fd=parent, follow_symlinks=False)
+        except OSError as e:
+            if e.errno != errno.EINVAL:
+                raise
+            # chown(2): EINVAL when the id is not mapped in this user namespace.
+            self.notice("owners beyond your subordinate id range are left as yours")
+
+
+def _times(m: tarfile.TarInfo) -> tuple[int, int]:
+    """Access and modification time for utime: pax headers give fractions of seconds."""
+    ns = int(m.mtime * 10**9)
+    return ns, ns
+
+
+def _exists(parent: int, base: str) -> bool:
+    try:
+        os.lstat(base, dir_fd=parent)
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def open_layer(fd: int) -> tuple[object, object]:
+    """A layer's bytes, decompressed, and the `zstd` process doing it (or None):
+    tarfile's stream mode knows gzip, bzip2 and xz; zstd, which Python 3.11 lacks, goes
+    through the `zstd` program. The store passes regular files (pread needs no seek)."""
+    try:
+        head = os.pread(fd, 4, 0)
+    except OSError:
+        head = b""
+    if head != ZSTD_MAGIC:
+        return os.fdopen(fd, "rb"), None
+    import subprocess
+
+    try:
+        proc = subprocess.Popen(["zstd", "-dcq"], stdin=fd, stdout=subprocess.PIPE)
+    except FileNotFoundError:
+        raise UnpackError("the layer is zstd-compressed and the `zstd` program is not installed") from None
+    finally:
+        os.close(fd)
+    return proc.stdout, proc
+
+
+def main(argv: list[str]) -> int:
+    """`unpack [--keep-owners] TARGET FD...`: the layers, bottom first, as open descriptors."""
+    keep = argv[:1] == ["--keep-owners"]
+    if keep:
+        argv = argv[1:]
+    target, fds = argv[0], [int(a) for a in argv[1:]]
+    unpacker = Unpacker(target, keep)
+    try:
+        for number, fd in enumerate(fds, 1):
+            stream, proc = open_layer(fd)
+            try:
+                unpacker.layer(stream)
+                if proc is not None and proc.wait() != 0:  # type: ignore[attr-defined]
+                    raise UnpackError("zstd could not decompress it")
+            except UnpackError as e:
+                raise UnpackError(f"layer {number}: {e}") from None
+    except UnpackError as e:
+        sys.stderr.write(f"rbox: error: {e}\n")
+        return 1
+    finally:
+        for text in unpacker.notices:
+            sys.stderr.write(f"rbox: notice: {text}\n")
+    sys.stdout.write(f"size={unpacker.size}\n")       # for image.json (store.py)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
