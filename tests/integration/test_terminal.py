@@ -21,16 +21,6 @@ RBOX_CMD = " ".join(shlex.quote(word) for word in RBOX)
 STATUS = "echo rc=$((0+$?))"
 
 
-@pytest.fixture
-def term(tmp_path):
-    from tests.integration.helpers import rbox_env
-
-    t = Terminal(str(tmp_path))
-    t.line(f"export PYTHONPATH={shlex.quote(rbox_env(None)['PYTHONPATH'])}")
-    yield t
-    t.close()
-
-
 def test_ctrl_c_reaches_the_command_exactly_once(term) -> None:
     code = ("import signal,time; n=[0]; signal.signal(2, lambda *a: n.__setitem__(0, n[0]+1)); "
             "print('ar' + 'med', flush=True); time.sleep(2); print('sigints', n[0] * 1)")

@@ -6,7 +6,6 @@ every program (sleep, vi, less, a pipeline); signals the caller ignored; scripts
 
 from __future__ import annotations
 
-import shlex
 import signal
 import subprocess
 import sys
@@ -15,19 +14,7 @@ import time
 import pytest
 
 from tests.integration.helpers import RBOX, rbox_env, run_rbox
-from tests.integration.terminal import Terminal
-
-RBOX_CMD = " ".join(shlex.quote(word) for word in RBOX)
-STATUS = "echo rc=$((0+$?))"
-
-
-@pytest.fixture
-def term(tmp_path):
-    t = Terminal(str(tmp_path))
-    t.line(f"export PYTHONPATH={shlex.quote(rbox_env(None)['PYTHONPATH'])}")
-    yield t
-    t.close()
-
+from tests.integration.test_terminal import RBOX_CMD, STATUS
 
 # -- 1. a pty only when the terminal is really there ------------------------------------
 

@@ -17,19 +17,10 @@ from pathlib import Path
 import pytest
 
 from tests.integration.helpers import RBOX, rbox_env, run_rbox
+from tests.security.probes import PROBE, facts
 
 pytestmark = pytest.mark.needs_userns
 
-PROBE = str(Path(__file__).with_name("contain_probe.py"))
-
-
-def facts(stdout: str) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    for line in stdout.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            found.setdefault(key, []).append(value)
-    return found
 
 
 def probe(*args: str) -> list[str]:

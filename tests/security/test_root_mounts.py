@@ -21,21 +21,12 @@ import pytest
 
 from tests.conftest import probe
 from tests.integration.helpers import run_rbox
+from tests.security.probes import PROBE, facts
 
 pytestmark = pytest.mark.needs_userns
 
-PROBE = str(Path(__file__).with_name("contain_probe.py"))
 SINGLE_WARNING = "rbox: warning: mapping only your own uid and gid"
 UNSHARE = shutil.which("unshare") or "/usr/bin/unshare"
-
-
-def facts(stdout: str) -> dict[str, list[str]]:
-    found: dict[str, list[str]] = {}
-    for line in stdout.splitlines():
-        key, sep, value = line.partition("=")
-        if sep:
-            found.setdefault(key, []).append(value)
-    return found
 
 
 class Mode:
