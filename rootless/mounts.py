@@ -17,6 +17,7 @@ import stat
 from rootless import log, net
 from rootless import syscalls as sc
 from rootless.errors import MountError, resource_hint
+from rootless.paths import LinkLoop, walk
 from rootless.spec import Spec
 
 OLDROOT = "/oldroot"
@@ -349,27 +350,14 @@ def resolve_in(root: str, path: str, max_links: int = 40) -> str:
     the new root, not against the workspace init is running in (mkosi's chase()).
     Missing components are kept as they are, so the result can be created.
     """
-    parts = [p for p in path.split("/") if p not in ("", ".")]
-    resolved = ""
-    links = 0
-    while parts:
-        part = parts.pop(0)
-        if part == "..":
-            resolved = resolved.rpartition("/")[0]
-            continue
-        candidate = f"{resolved}/{part}"
-        if os.path.islink(root + candidate):
-            links += 1
-            if links > max_links:
-                raise MountError(f"cannot resolve `{path}`: too many levels of symbolic links",
-                                 hint="the path has a symbolic link loop: use the real path")
-            target = os.readlink(root + candidate)
-            if target.startswith("/"):
-                resolved = ""
-            parts = [p for p in target.split("/") if p not in ("", ".")] + parts
-            continue
-        resolved = candidate
-    return root + (resolved or "/")
+    def target(candidate: str) -> str | None:
+        return os.readlink(root + candidate) if os.path.islink(root + candidate) else None
+
+    try:
+        return root + walk(path, target, max_links)
+    except LinkLoop:
+        raise MountError(f"cannot resolve `{path}`: too many levels of symbolic links",
+                         hint="the path has a symbolic link loop: use the real path") from None
 
 
 def ensure_mountpoint(root: str, path: str, directory: bool, what: str) -> str:
