@@ -13,41 +13,13 @@ from __future__ import annotations
 import os
 import time
 
-from tests.integration.helpers import our_uids
+from tests.integration.helpers import children, live_processes  # noqa: F401 - children: re-exported
 
 
 def processes() -> dict[int, str]:
     """pid -> command line of every live (not zombie) process with a real, effective,
-    saved or filesystem uid of the user's (from /proc/PID/status: a process that is not
-    dumpable shows root as the owner of its /proc directory)."""
-    owners = our_uids() or {os.getuid()}
-    found = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/status") as f:
-                fields = dict(line.split(":", 1) for line in f if ":" in line)
-            if fields["State"].split()[0] in ("Z", "X") or not owners & {int(u) for u in fields["Uid"].split()}:
-                continue
-            with open(f"/proc/{entry}/cmdline", "rb") as f:
-                found[int(entry)] = f.read().replace(b"\0", b" ").decode(errors="replace").strip()
-        except (OSError, IndexError, KeyError, ValueError):
-            continue
-    return found
-
-
-def children(pid: int) -> dict[int, str]:
-    """pid -> command line of the live children of `pid` among the user's processes."""
-    found = {}
-    for child, cmd in processes().items():
-        try:
-            with open(f"/proc/{child}/stat") as f:
-                if int(f.read().rpartition(")")[2].split()[1]) == pid:
-                    found[child] = cmd
-        except (OSError, ValueError, IndexError):
-            continue
-    return found
+    saved or filesystem uid of the user's (helpers.live_processes says how)."""
+    return {pid: cmd.strip() for pid, cmd in live_processes().items()}
 
 
 def user_namespaces(pids: list[int]) -> set[str]:
