@@ -101,7 +101,7 @@ def from_parsed(parsed: Parsed, environ: dict[str, str], cwd: str, tty: bool,
     if rootfs is not None and v.get("workdir") is None:
         workdir = _image_workdir(config, cwd, cwd_bound, home, mounts)
     return Spec(
-        command=_command(parsed, shell, config if rootfs else None),
+        command=_command(parsed, _shell_in(rootfs, shell) if rootfs else shell, config if rootfs else None),
         root=bool(v.get("root")),
         net=net_mode,
         ports=_ports(v, net_mode),
@@ -189,6 +189,18 @@ def _image_files(rootfs: str, root: bool, uid: int, gid: int, user: str, home: s
         except OSError:
             files["/etc/resolv.conf"] = ""
     return files
+
+
+def _shell_in(rootfs: str, shell: str) -> str:
+    """`rbox sh` in an image: your login shell where the image has it, else its /bin/sh
+    (a busybox or distroless-like image has no /bin/bash or /bin/zsh)."""
+    if shell.startswith("/"):
+        try:
+            os.close(_open_in(rootfs, shell.lstrip("/")))
+            return shell
+        except OSError:
+            pass
+    return "/bin/sh"
 
 
 def _read_in(root: str, path: str) -> str:

@@ -161,3 +161,12 @@ def test_image_option_errors(tmp_path: Path, args: list[str], message: str) -> N
     r = run_rbox("run", *args, "--", "true", env={"RBOX_STORAGE": str(tmp_path / "store")}, cwd=tmp_path)
     assert r.returncode == 125
     assert message in r.stderr and "hint: " in r.stderr
+
+
+def test_rbox_sh_in_an_image_without_your_shell_uses_its_sh(tree: Path) -> None:
+    import pwd
+
+    login = pwd.getpwuid(os.getuid()).pw_shell
+    assert not (tree / login.lstrip("/")).exists(), f"the busybox tree must lack {login} for this test"
+    r = run_rbox("sh", "--rootfs", str(tree), "-c", 'echo "$0"; cat /etc/os-release', cwd=tree.parent)
+    assert (r.returncode, r.stdout) == (0, "/bin/sh\nID=rbox-busybox\n"), r.stderr
