@@ -95,8 +95,8 @@ def from_parsed(parsed: Parsed, environ: dict[str, str], cwd: str, tty: bool,
     home = os.path.realpath(home)
     home_mode = str(v.get("home") or "ro")
     cwd = os.path.realpath(cwd)   # getcwd() is physical already; tests pass other paths
-    mounts, cwd_bound, cwd_warning = _resolve_paths(v, environ, cwd, home, home_mode, uid)
     rootfs, config = _image_root(v, environ, cwd)
+    mounts, cwd_bound, cwd_warning = _resolve_paths(v, environ, cwd, home, home_mode, uid, rootfs)
     workdir = _workdir(v.get("workdir"), cwd)
     if rootfs is not None and v.get("workdir") is None:
         workdir = _image_workdir(config, cwd, cwd_bound, home, mounts)
@@ -224,10 +224,14 @@ def _open_in(root: str, path: str) -> int:
 
 
 def _resolve_paths(v: dict[str, object], environ: dict[str, str], cwd: str, home: str, home_mode: str,
-                   uid: int) -> tuple[list[UserMount], bool, str | None]:
+                   uid: int, rootfs: str | None = None) -> tuple[list[UserMount], bool, str | None]:
     """The user's mounts with resolved paths, whether the cwd is bound read-write, and
-    the warning to give when it is not (paths.py explains the resolution)."""
-    base = View([(p, None, FRESH) for p in (*SANDBOX_OWN, "/dev/shm", f"/run/user/{uid}")])
+    the warning to give when it is not (paths.py explains the resolution). With an image
+    (`rootfs`), destinations are resolved through the image's tree, the sandbox's `/`,
+    not the host's."""
+    base = View([("/", rootfs, RO)] if rootfs else [])
+    for place in (*SANDBOX_OWN, "/dev/shm", f"/run/user/{uid}"):
+        base.add(place, None, FRESH)
     if home_mode == "tmpfs":
         base.add(home, None, FRESH)
     elif home_mode == "rw":

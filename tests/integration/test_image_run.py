@@ -170,3 +170,19 @@ def test_rbox_sh_in_an_image_without_your_shell_uses_its_sh(tree: Path) -> None:
     assert not (tree / login.lstrip("/")).exists(), f"the busybox tree must lack {login} for this test"
     r = run_rbox("sh", "--rootfs", str(tree), "-c", 'echo "$0"; cat /etc/os-release', cwd=tree.parent)
     assert (r.returncode, r.stdout) == (0, "/bin/sh\nID=rbox-busybox\n"), r.stderr
+
+
+def test_destinations_resolve_through_the_image_not_the_host(tree: Path, tmp_path: Path) -> None:
+    """With an image, `/` is the image: a destination through one of its symlinks is
+    planned where the image's link leads (the host has no such link)."""
+    (tree / "opt" / "real").mkdir(parents=True, exist_ok=True)
+    if not (tree / "opt" / "link").is_symlink():
+        os.symlink("real", tree / "opt" / "link")
+    assert not os.path.lexists("/opt/link")
+    r = run_rbox("run", "--rootfs", str(tree), "--dry-run", "--tmpfs", "/opt/link/t", "--", "/bin/sh",
+                 cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "tmpfs /opt/real/t [mode=0755] (from --tmpfs /opt/link/t)" in r.stdout
+    # Control: without the image, the host has no such link and the path stays as typed.
+    r = run_rbox("run", "--dry-run", "--tmpfs", "/opt/link/t", "--", "true", cwd=tmp_path)
+    assert "tmpfs /opt/link/t [mode=0755]" in r.stdout
