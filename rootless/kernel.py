@@ -60,15 +60,11 @@ def close_range_cloexec() -> bool:
 
 
 def mount_setattr() -> bool:
-    """mount_setattr(2), Linux 5.12: asked with a size of 0, which any kernel that has it
-    refuses with EINVAL before touching a mount."""
-    import ctypes
-
+    """mount_setattr(2), Linux 5.12 (and with it open_tree and move_mount): the same probe
+    the late-mount watcher uses (syscalls.has_mount_setattr)."""
     from rootless import syscalls as sc
 
-    if sc.libc.syscall(sc.SYS_MOUNT_SETATTR, -1, b"", 0, None, ctypes.c_size_t(0)) == 0:
-        return True
-    return ctypes.get_errno() != errno.ENOSYS
+    return sc.has_mount_setattr()
 
 
 def seccomp_filter() -> bool:

@@ -141,8 +141,14 @@ def find_command(name: str, path: str | None) -> str:
 
 
 def exec_error(spec: Spec, err: int) -> RboxError:
+    return command_error(spec.command[0], err, spec.workdir, spec.env.get("PATH", os.defpath), "the sandbox")
+
+
+def command_error(cmd: str, err: int, workdir: str, path: str, place: str) -> RboxError:
+    """The error for a command that could not be started (exec's errno `err`): 127 not
+    found, 126 cannot execute, 125 when rbox ran out of a resource (`rbox run` here,
+    `rbox unshare` too)."""
     reason = os.strerror(err) if err else "unknown error"
-    cmd = spec.command[0]
     if err in (errno.EAGAIN, errno.ENOMEM):
         # posix_spawn's clone() failed: rbox ran out of processes or memory, the command
         # is not to blame (125, not 126).
@@ -150,14 +156,14 @@ def exec_error(spec: Spec, err: int) -> RboxError:
         assert error is not None
         return error
     if err == errno.ENOENT:
-        if "/" in cmd and os.path.exists(os.path.join(spec.workdir, cmd)):
+        if "/" in cmd and os.path.exists(os.path.join(workdir, cmd)):
             # execve gives ENOENT for a script whose interpreter is missing, too.
             return RboxError(f"cannot execute `{cmd}`: its interpreter (#! line) was not found",
                              hint="install the interpreter its first line names inside the sandbox's view, "
                                   "or fix that line", exit_code=EXIT_NOT_FOUND)
-        where = "in the sandbox" if "/" in cmd else "on the sandbox's PATH"
+        where = f"in {place}" if "/" in cmd else f"on {place}'s PATH"
         return RboxError(f"command not found: `{cmd}`",
-                         hint=f"check the name; it must exist {where} (PATH={spec.env.get('PATH', os.defpath)})",
+                         hint=f"check the name; it must exist {where} (PATH={path})",
                          exit_code=EXIT_NOT_FOUND)
     hints = {errno.ENOEXEC: "it is not a program this system runs (a script needs a #! line)",
              errno.E2BIG: "its arguments and environment are too large: pass fewer or shorter ones (or --clearenv)"}

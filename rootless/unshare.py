@@ -12,14 +12,13 @@ network are the host's, and so are the working directory, environment and descri
 
 from __future__ import annotations
 
-import errno
 import os
 import pwd
 import signal
 
 from rootless import log, payload, sync, userns
 from rootless import syscalls as sc
-from rootless.errors import EXIT_CANNOT_EXEC, EXIT_NOT_FOUND, ProtocolError, RboxError, SpecError, waitstatus_to_code
+from rootless.errors import ProtocolError, SpecError, waitstatus_to_code
 from rootless.guard import run_child
 
 # Sent to rbox by another process (kill, a batch system): passed on to the command.
@@ -86,15 +85,7 @@ def child(argv: list[str], chan: sync.Channel, parent_pid: int) -> int:
     try:
         os.execve(payload.find_command(argv[0], path), argv, os.environ)
     except OSError as e:
-        raise unshare_exec_error(argv[0], e.errno or 0) from None
-
-
-def unshare_exec_error(name: str, err: int) -> RboxError:
-    if err == errno.ENOENT:
-        return RboxError(f"command not found: `{name}`", exit_code=EXIT_NOT_FOUND,
-                         hint="check the spelling and PATH (the host's: rbox unshare changes no files)")
-    return RboxError(f"cannot execute `{name}`: {os.strerror(err)}", exit_code=EXIT_CANNOT_EXEC,
-                     hint="the file must be an executable program or script")
+        raise payload.command_error(argv[0], e.errno or 0, os.getcwd(), path or os.defpath, "the host") from None
 
 
 def wait_for_exec(chan: sync.Channel) -> None:
