@@ -106,7 +106,7 @@ UNSHARE_OPTIONS = (
 RUN_OPTIONS = (
     Opt(("-d", "--detach"), "detach", "run in the background: print the name once the command runs; its output "
         "goes to `rbox logs`"),
-    Opt(("--name",), "name", "name the sandbox, so that `rbox ps`, `stop` and `logs` find it",
+    Opt(("--name",), "name", "name the sandbox, so that `rbox exec`, `ps`, `stop` and `logs` find it",
         metavar="NAME", kind="value"),
 ) + SANDBOX_OPTIONS
 
@@ -115,6 +115,15 @@ _DEBUG = Opt(("--debug",), "debug", "print every setup step; tracebacks for rbox
 PS_OPTIONS = (
     Opt(("-a", "--all"), "all", "`ps`: also sandboxes whose command has exited; `stop`: every sandbox"),
     Opt(("--json",), "json", "`ls`, `inspect`, `ps`: print JSON"),
+    _DEBUG, _HELP,
+)
+EXEC_OPTIONS = (
+    Opt(("-t", "--tty"), "tty", "give the command a new pseudo-terminal (the default when stdin is one)"),
+    Opt(("-T", "--no-tty"), "no_tty", "no pseudo-terminal: the command gets rbox's stdin/stdout/stderr as they are"),
+    Opt(("-e", "--env"), "env", "set K to V for the command; `-e K` copies K from rbox's environment",
+        metavar="K=V", kind="append"),
+    Opt(("-w", "--workdir"), "workdir", "working directory inside (default: the sandbox's command's)",
+        metavar="DIR", kind="value"),
     _DEBUG, _HELP,
 )
 STOP_OPTIONS = (
@@ -149,12 +158,14 @@ COMMANDS = {
     "image": ("import SOURCE NAME | ls | inspect NAME | rm NAME", "Import, list, describe and remove images "
               "(rbox(1), IMAGES)."),
     "ps": ("[-a] [--json]", "List your named sandboxes that are running (-a: also those that have exited)."),
+    "exec": ("[OPTIONS] NAME [--] COMMAND [ARG...]", "Run COMMAND inside the running sandbox NAME, as contained as "
+             "its own command."),
     "stop": ("[-t SECONDS] NAME... | --all", "Stop sandboxes: SIGTERM to the command, SIGKILL to all after the "
              "grace time."),
     "logs": ("[-f] NAME", "Print the output of the detached sandbox NAME."),
 }
 # The commands on named sandboxes (rootless/instance): dispatched before anything of `run` is imported.
-INSTANCE_COMMANDS = ("ps", "stop", "logs")
+INSTANCE_COMMANDS = ("ps", "exec", "stop", "logs")
 
 
 class Parsed:
@@ -168,7 +179,7 @@ def options_for(command: str | None) -> tuple[Opt, ...]:
     if command is None:
         return GLOBAL_OPTIONS
     return {"check": CHECK_OPTIONS, "sh": SH_OPTIONS, "unshare": UNSHARE_OPTIONS, "image": IMAGE_OPTIONS,
-            "run": RUN_OPTIONS, "ps": PS_OPTIONS, "stop": STOP_OPTIONS,
+            "run": RUN_OPTIONS, "ps": PS_OPTIONS, "exec": EXEC_OPTIONS, "stop": STOP_OPTIONS,
             "logs": LOGS_OPTIONS}.get(command, SANDBOX_OPTIONS)
 
 

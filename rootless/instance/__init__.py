@@ -7,7 +7,8 @@ parent for the sandbox's whole life, in the background with -d).
 - supervisor.py: what parent.run does more for a named sandbox (detach, the exec socket,
   the log, stop requests)
 - logfile.py: the detached command's output, capped and rotated; `rbox logs`
-- commands.py: `rbox ps`, `stop`, `logs`: the command line
+- join.py: `rbox exec`, entering the sandbox's namespaces (docs/internals.md says why this way)
+- commands.py: `rbox ps`, `stop`, `logs`, `exec`: the command line
 - systemd.py: a scope of its own under a user manager, and whether logout ends it
 
 Nothing here is imported by `rbox run` without --name (bench/startup.py's path stays lean).

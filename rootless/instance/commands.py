@@ -1,4 +1,4 @@
-"""`rbox ps`, `rbox stop`, `rbox logs`.
+"""`rbox ps`, `rbox stop`, `rbox logs` (and the command line of `exec`).
 
 Runs in: parent (the caller's rbox, on the host).
 
@@ -32,6 +32,10 @@ ANSWER_TIMEOUT = 5.0
 
 def run(parsed: Parsed, environ: dict[str, str]) -> int:
     command, values = str(parsed.command), parsed.values
+    if command == "exec":
+        from rootless.instance import join
+
+        return join.run(parsed.args, values, environ)
     names = _words(command, parsed.args, values)
     if values.get("help"):
         log.out(options.help_text(command))
@@ -271,7 +275,10 @@ def request(entry: registry.Entry, kind: str, **fields: str) -> tuple[str, dict[
         sock.settimeout(ANSWER_TIMEOUT)
         try:
             sock.connect(f"/proc/self/fd/{entry.fd}/{registry.SOCK}")
-            sock.sendall(sync.encode(kind, dict(fields)))
+            try:
+                sock.sendall(sync.encode(kind, dict(fields)))
+            except BrokenPipeError:
+                pass            # refused before it read the request: the refusal is waiting
             return _answer(sock)
         except (OSError, ValueError) as e:
             if isinstance(e, TimeoutError):
