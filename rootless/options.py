@@ -106,7 +106,7 @@ UNSHARE_OPTIONS = (
 RUN_OPTIONS = (
     Opt(("-d", "--detach"), "detach", "run in the background: print the name once the command runs; its output "
         "goes to `rbox logs`"),
-    Opt(("--name",), "name", "name the sandbox, so that `rbox exec`, `ps`, `stop` and `logs` find it",
+    Opt(("--name",), "name", "name the sandbox, so that `rbox exec`, `ps`, `stop`, `stats` and `logs` find it",
         metavar="NAME", kind="value"),
 ) + SANDBOX_OPTIONS
 
@@ -114,7 +114,7 @@ _HELP = Opt(("-h", "--help"), "help", "show this help and exit")
 _DEBUG = Opt(("--debug",), "debug", "print every setup step; tracebacks for rbox's own errors")
 PS_OPTIONS = (
     Opt(("-a", "--all"), "all", "`ps`: also sandboxes whose command has exited; `stop`: every sandbox"),
-    Opt(("--json",), "json", "`ls`, `inspect`, `ps`: print JSON"),
+    Opt(("--json",), "json", "`ls`, `inspect`, `ps`, `stats`: print JSON"),
     _DEBUG, _HELP,
 )
 EXEC_OPTIONS = (
@@ -130,6 +130,11 @@ STOP_OPTIONS = (
     PS_OPTIONS[0],
     Opt(("-t", "--time"), "time", "seconds between SIGTERM and SIGKILL (default: 10)", metavar="SECONDS",
         kind="value"),
+    _DEBUG, _HELP,
+)
+STATS_OPTIONS = (
+    Opt(("--no-stream",), "no_stream", "print the figures once instead of every second"),
+    PS_OPTIONS[1],
     _DEBUG, _HELP,
 )
 LOGS_OPTIONS = (
@@ -162,10 +167,12 @@ COMMANDS = {
              "its own command."),
     "stop": ("[-t SECONDS] NAME... | --all", "Stop sandboxes: SIGTERM to the command, SIGKILL to all after the "
              "grace time."),
+    "stats": ("[--no-stream] [--json] [NAME...]", "Show the CPU, memory, processes and network use of running "
+              "sandboxes."),
     "logs": ("[-f] NAME", "Print the output of the detached sandbox NAME."),
 }
 # The commands on named sandboxes (rootless/instance): dispatched before anything of `run` is imported.
-INSTANCE_COMMANDS = ("ps", "exec", "stop", "logs")
+INSTANCE_COMMANDS = ("ps", "exec", "stop", "stats", "logs")
 
 
 class Parsed:
@@ -180,7 +187,7 @@ def options_for(command: str | None) -> tuple[Opt, ...]:
         return GLOBAL_OPTIONS
     return {"check": CHECK_OPTIONS, "sh": SH_OPTIONS, "unshare": UNSHARE_OPTIONS, "image": IMAGE_OPTIONS,
             "run": RUN_OPTIONS, "ps": PS_OPTIONS, "exec": EXEC_OPTIONS, "stop": STOP_OPTIONS,
-            "logs": LOGS_OPTIONS}.get(command, SANDBOX_OPTIONS)
+            "stats": STATS_OPTIONS, "logs": LOGS_OPTIONS}.get(command, SANDBOX_OPTIONS)
 
 
 def parse(argv: list[str], defaults: list[str] | None = None) -> Parsed:

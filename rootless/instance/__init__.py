@@ -8,7 +8,8 @@ parent for the sandbox's whole life, in the background with -d).
   the log, stop requests)
 - logfile.py: the detached command's output, capped and rotated; `rbox logs`
 - join.py: `rbox exec`, entering the sandbox's namespaces (docs/internals.md says why this way)
-- commands.py: `rbox ps`, `stop`, `logs`, `exec`: the command line
+- stats.py: `rbox stats`, from the sandbox's cgroup or summed over its processes
+- commands.py: `rbox ps`, `stop`, `logs`, `stats`, `exec`: the command line
 - systemd.py: a scope of its own under a user manager, and whether logout ends it
 
 Nothing here is imported by `rbox run` without --name (bench/startup.py's path stays lean).

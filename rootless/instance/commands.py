@@ -1,4 +1,4 @@
-"""`rbox ps`, `rbox stop`, `rbox logs` (and the command line of `exec`).
+"""`rbox ps`, `rbox stop`, `rbox logs` (and the command line of `stats` and `exec`).
 
 Runs in: parent (the caller's rbox, on the host).
 
@@ -47,9 +47,13 @@ def run(parsed: Parsed, environ: dict[str, str]) -> int:
         return ps(bool(values.get("all")), bool(values.get("json")), environ)
     if command == "stop":
         return stop(names, bool(values.get("all")), _grace(values.get("time")), environ)
-    if len(names) != 1:
-        raise SpecError("`rbox logs` takes one name", hint="usage: rbox logs [-f] NAME")
-    return logs(names[0], bool(values.get("follow")), environ)
+    if command == "logs":
+        if len(names) != 1:
+            raise SpecError("`rbox logs` takes one name", hint="usage: rbox logs [-f] NAME")
+        return logs(names[0], bool(values.get("follow")), environ)
+    from rootless.instance import stats
+
+    return stats.run(names, bool(values.get("json")), bool(values.get("no_stream")), environ)
 
 
 def _words(command: str, args: list[str], values: dict[str, object]) -> list[str]:
