@@ -87,7 +87,7 @@ def _main(argv: list[str]) -> int:
     if parsed.command in options.INSTANCE_COMMANDS:
         from rootless.instance import commands
 
-        fds.seal([])
+        # Not sealed here: only exec starts anything (join.run seals); `ps` must stay quick.
         return commands.run(parsed, caller_environment())
     try:
         from rootless import parent, spec  # after --help: they are not needed for it

@@ -12,17 +12,15 @@ killed (its death signal chain ends the sandbox) and its directory removed here.
 from __future__ import annotations
 
 import os
-import signal
 import time
 
 from rootless import kernel, log, options, sync
 from rootless.errors import RboxError, SpecError
 from rootless.instance import registry
-from rootless.spawn import readable
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
-    import socket
+    import _socket
 
     from rootless.options import Parsed
 
@@ -196,6 +194,8 @@ def stop(names: list[str], all_: bool, grace: float, environ: dict[str, str]) ->
 def _ask_to_stop(entry: registry.Entry, grace: float) -> int | None:
     """Ask the supervisor to stop its sandbox; a pidfd of it to wait on (None when it has
     exited already, or on kernels without pidfds: then the lock alone tells)."""
+    import signal  # here, not at the top: its import (enum) costs `ps` 3 ms
+
     status = entry.status()
     if status in ("exited", "stale"):
         return None
@@ -230,6 +230,8 @@ def _supervisor(entry: registry.Entry) -> int | None:
 
 
 def _signal_supervisor(entry: registry.Entry, pidfd: int | None, signo: int) -> None:
+    import signal
+
     try:
         if pidfd is not None:
             signal.pidfd_send_signal(pidfd, signo)
@@ -244,6 +246,10 @@ def _signal_supervisor(entry: registry.Entry, pidfd: int | None, signo: int) -> 
 def _wait_stopped(entry: registry.Entry, pidfd: int | None, grace: float) -> None:
     """Until the supervisor has exited (its pidfd readable; before Linux 5.3, its lock free)
     and the directory is gone. Past the grace time and a margin, SIGKILL it."""
+    import signal
+
+    from rootless.spawn import readable  # not on `ps`'s path: it brings ctypes and prctl
+
     deadline = time.monotonic() + grace + ANSWER_TIMEOUT
     killed = False
     try:
@@ -271,10 +277,11 @@ def _wait_stopped(entry: registry.Entry, pidfd: int | None, grace: float) -> Non
 
 def request(entry: registry.Entry, kind: str, **fields: str) -> tuple[str, dict[str, str], list[int]]:
     """One request to the supervisor's socket: (answer, its fields, descriptors passed).
-    Never waits longer than ANSWER_TIMEOUT; RboxError when nobody answers."""
-    import socket
+    Never waits longer than ANSWER_TIMEOUT; RboxError when nobody answers. Through
+    `_socket`: socket.py's enum set-up costs milliseconds that `rbox exec` saves."""
+    import _socket
 
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC)
+    sock = _socket.socket(_socket.AF_UNIX, _socket.SOCK_STREAM | _socket.SOCK_CLOEXEC)
     try:
         sock.settimeout(ANSWER_TIMEOUT)
         try:
@@ -295,10 +302,17 @@ def request(entry: registry.Entry, kind: str, **fields: str) -> tuple[str, dict[
         sock.close()
 
 
-def _answer(sock: socket.socket) -> tuple[str, dict[str, str], list[int]]:
-    import socket
+def _answer(sock: _socket.socket) -> tuple[str, dict[str, str], list[int]]:
+    """The answer line and the descriptors that came with it (close-on-exec from their
+    arrival: MSG_CMSG_CLOEXEC, so that nothing started later can inherit one)."""
+    import _socket
+    import array
 
-    data, fds, _, _ = socket.recv_fds(sock, 4096, 16, socket.MSG_CMSG_CLOEXEC)
+    fds = array.array("i")
+    data, ancdata, _, _ = sock.recvmsg(4096, _socket.CMSG_LEN(16 * fds.itemsize), _socket.MSG_CMSG_CLOEXEC)
+    for level, ctype, cdata in ancdata:
+        if level == _socket.SOL_SOCKET and ctype == _socket.SCM_RIGHTS:
+            fds.frombytes(cdata[:len(cdata) - len(cdata) % fds.itemsize])
     while data and not data.endswith(b"\n") and len(data) < 4096:
         more = sock.recv(4096)
         if not more:
@@ -309,7 +323,7 @@ def _answer(sock: socket.socket) -> tuple[str, dict[str, str], list[int]]:
             os.close(fd)
         raise OSError("no answer")
     kind, fields = sync.decode(data.rstrip(b"\n"))
-    return kind, fields, fds
+    return kind, fields, list(fds)
 
 
 def _error(e: RboxError) -> None:

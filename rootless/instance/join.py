@@ -39,6 +39,7 @@ import signal
 from rootless import init, kernel, log, payload, sync
 from rootless import syscalls as sc
 from rootless.errors import ProtocolError, RboxError, SpecError
+from rootless.fds import seal as seal_fds
 from rootless.guard import run_child
 from rootless.instance import commands, registry
 from rootless.parent import Interrupted, Sandbox, fd_socket_pair
@@ -51,6 +52,8 @@ USAGE = "usage: rbox exec [-t|-T] [-e K=V] [-w DIR] NAME [--] COMMAND [ARG...]"
 
 
 def run(args: list[str], values: dict[str, object], environ: dict[str, str]) -> int:
+    # First: the command gets 0, 1, 2 and nothing else of the caller's (fds.py).
+    seal_fds([])
     if values.get("help"):
         from rootless import options
 
@@ -64,22 +67,22 @@ def run(args: list[str], values: dict[str, object], environ: dict[str, str]) -> 
     if not command:
         raise SpecError("`rbox exec` needs a COMMAND", hint=USAGE)
     registry.sweep(environ)
-    record, fds, fields = namespaces(name, environ)
+    env, fds, fields = namespaces(name, environ)
     try:
-        spec = exec_spec(name, record, command, values, environ)
+        spec = exec_spec(name, env, fields, command, values, environ)
+        cgroup = fields.get("cgroup")
+        if cgroup is not None:
+            prepare_cgroup()
     except BaseException:
         for fd in fds:
             os.close(fd)
         raise
-    cgroup = record.get("cgroup")
-    if isinstance(cgroup, str):
-        prepare_cgroup()
-    return start(spec, fds, fields["kinds"].split(","), int(fields["stage1"]),
-                 cgroup if isinstance(cgroup, str) else None)
+    return start(spec, fds, fields["kinds"].split(","), int(fields["stage1"]), cgroup)
 
 
-def namespaces(name: str, environ: dict[str, str]) -> tuple[dict[str, object], list[int], dict[str, str]]:
-    """The sandbox's record, and its namespaces from its supervisor (with what they are)."""
+def namespaces(name: str, environ: dict[str, str]) -> tuple[dict[str, str], list[int], dict[str, str]]:
+    """The command's environment, and the sandbox's namespaces from its supervisor (with
+    what they are, and how the command was started)."""
     entry = registry.find(name, environ)
     if entry is None:
         raise registry.not_found(name)
@@ -93,7 +96,7 @@ def namespaces(name: str, environ: dict[str, str]) -> tuple[dict[str, object], l
                                  f"{name} ...`")
         if status == "starting":
             raise RboxError(f"the sandbox `{name}` is still starting", hint="try again in a moment")
-        record = entry.record()
+        env = entry.environment()
         kind, fields, fds = commands.request(entry, "EXEC")
     finally:
         entry.close()
@@ -108,7 +111,7 @@ def namespaces(name: str, environ: dict[str, str]) -> tuple[dict[str, object], l
         for fd in fds:
             os.close(fd)
         raise ProtocolError(f"the sandbox `{name}` answered {kind} with {len(fds)} descriptors")
-    return record, fds, fields
+    return env, fds, fields
 
 
 def stopping(name: str) -> RboxError:
@@ -116,12 +119,10 @@ def stopping(name: str) -> RboxError:
                      f"again with `rbox run -d --name {name} ...`")
 
 
-def exec_spec(name: str, record: dict[str, object], command: list[str], values: dict[str, object],
-              environ: dict[str, str]) -> Spec:
+def exec_spec(name: str, env: dict[str, str], fields: dict[str, str], command: list[str],
+              values: dict[str, object], environ: dict[str, str]) -> Spec:
     """What payload.start needs, from the sandbox's record and exec's options: the sandbox's
     environment and working directory (as its command got them), -e and -w on top."""
-    saved = record.get("env")
-    env = {str(k): str(v) for k, v in saved.items()} if isinstance(saved, dict) else {}
     for _, item in values.get("env") or []:  # type: ignore[attr-defined]
         key, sep, value = str(item).partition("=")
         if not key:
@@ -130,7 +131,7 @@ def exec_spec(name: str, record: dict[str, object], command: list[str], values: 
             env[key] = value
         elif key in environ:
             env[key] = environ[key]
-    workdir = values.get("workdir") or record.get("workdir") or "/"
+    workdir = values.get("workdir") or fields.get("workdir") or "/"
     if not str(workdir).startswith("/"):
         raise SpecError(f"-w/--workdir must be an absolute path inside the sandbox, not `{workdir}`",
                         hint="for example -w /tmp")
@@ -138,9 +139,9 @@ def exec_spec(name: str, record: dict[str, object], command: list[str], values: 
     for slot in Spec.__slots__:
         setattr(spec, slot, None)
     tty = all(os.isatty(fd) for fd in (0, 1, 2))
-    spec.command, spec.env, spec.workdir, spec.root = command, env, str(workdir), bool(record.get("root"))
+    spec.command, spec.env, spec.workdir, spec.root = command, env, str(workdir), fields.get("root") == "1"
     spec.tty, spec.pty, spec.pass_fds, spec.name, spec.detach = tty, _pty(values, tty), [], name, False
-    spec.net = str(record.get("net"))
+    spec.net = fields.get("net", "none")
     return spec
 
 

@@ -8,6 +8,7 @@ Runs in: parent (`rbox run --name`, the supervisor, and ps, exec, stop, stats, l
                     A pid can be reused by another process; a lock cannot outlive its holder.
         record      what ps, exec, stats and stop need: a Python literal (repr), read with
                     ast.literal_eval; replaced by rename, never rewritten in place
+        env         the command's environment, for exec: K=V, NUL-separated (mode 0600)
         sock        the supervisor's socket, made once the command runs: exec gets the namespaces
                     there, stop asks there
         stopping    made when `rbox stop` asked
@@ -31,7 +32,7 @@ import os
 from rootless import log, state
 from rootless.errors import RboxError
 
-LOCK, RECORD, SOCK, STOPPING, EXIT = "lock", "record", "sock", "stopping", "exit"
+LOCK, RECORD, ENV, SOCK, STOPPING, EXIT = "lock", "record", "env", "sock", "stopping", "exit"
 FILE_FLAGS = os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -88,10 +89,24 @@ class Entry:
         finally:
             os.close(fd)
 
+    def environment(self) -> dict[str, str]:
+        """The command's environment (the `env` file), bytes that are not UTF-8 kept."""
+        try:
+            with os.fdopen(os.open(ENV, os.O_RDONLY | FILE_FLAGS, dir_fd=self.fd), "rb") as f:
+                data = f.read(1 << 24)
+        except OSError:
+            return {}
+        env = {}
+        for item in data.split(b"\0"):
+            key, sep, value = item.partition(b"=")
+            if sep and key:
+                env[os.fsdecode(key)] = os.fsdecode(value)
+        return env
+
     def record(self) -> dict[str, object]:
-        """The record; {} when it cannot be read. A literal, not JSON: the supervisor writes
-        it with repr(), so it never imports json (and re), which would cost it 0.4 MiB of
-        its 12 MiB (bench/exec.py measures); only the readers import ast."""
+        """The record; {} when it cannot be read. A literal, not JSON: the supervisor
+        writes it with repr(), so it never imports json (and re), which would cost it
+        0.4 MiB of its 12 MiB (bench/exec.py measures); only the readers import ast."""
         import ast
 
         try:

@@ -53,8 +53,8 @@ def record_of(spec: Spec, image: str | None) -> dict[str, object]:
         limits = {k: getattr(spec.limits, k) for k in spec.limits.__slots__ if getattr(spec.limits, k) is not None}
     return {"name": spec.name, "detached": spec.detach, "supervisor": os.getpid(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "command": spec.command, "workdir": spec.workdir,
-            "env": spec.env, "root": spec.root, "hostname": spec.hostname, "net": spec.net,
-            "ports": [repr(p) for p in spec.ports], "image": image, "rootfs": spec.rootfs, "limits": limits}
+            "root": spec.root, "hostname": spec.hostname, "net": spec.net, "ports": [repr(p) for p in spec.ports],
+            "image": image, "rootfs": spec.rootfs, "limits": limits}
 
 
 class Instance:
@@ -239,11 +239,20 @@ class Instance:
                 elif self.stopping or self.sandbox is None or not self.sandbox.chan_open:
                     conn.sendall(sync.encode(sync.ERROR, {"message": "stopping", "code": 125}))
                 elif kind == "EXEC":
-                    line = sync.encode("NAMESPACES", {"kinds": ",".join(self.kinds), "stage1": self.sandbox.stage1,
-                                                      "init": self.sandbox.init_pid})
-                    socket.send_fds(conn, [line], self.namespaces)
+                    socket.send_fds(conn, [self._namespaces_line()], self.namespaces)
             except (OSError, ValueError, ProtocolError) as e:
                 log.step(f"exec socket: {e}")
+
+    def _namespaces_line(self) -> bytes:
+        """What exec needs besides the descriptors: what they are, and how the command was
+        started (its working directory, identity, network mode, cgroup)."""
+        assert self.sandbox is not None
+        fields: dict[str, str | int] = {"kinds": ",".join(self.kinds), "stage1": self.sandbox.stage1,
+                                        "init": self.sandbox.init_pid, "workdir": self.spec.workdir,
+                                        "root": int(self.spec.root), "net": self.spec.net}
+        if self.sandbox.subtree is not None:
+            fields["cgroup"] = self.sandbox.subtree.payload
+        return sync.encode("NAMESPACES", fields)
 
     def stop(self, grace: float) -> None:
         """`rbox stop`: SIGTERM to PID 1, which passes it to the command; SIGKILL after the
@@ -357,6 +366,8 @@ def run(spec: Spec, image: str | None) -> int:
     registry.sweep()
     record = record_of(spec, image)
     entry = registry.reserve(str(spec.name), record)
+    # The command's environment apart, as /proc/PID/environ has it: only exec reads it.
+    entry.write(registry.ENV, b"".join(os.fsencode(f"{k}={v}") + b"\0" for k, v in spec.env.items()))
     instance = Instance(spec, entry, record)
     try:
         return parent.run(spec, instance)

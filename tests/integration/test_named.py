@@ -160,3 +160,12 @@ def test_the_starting_process_group_can_be_killed_without_harm(box: Box) -> None
     proc.communicate(timeout=30)
     time.sleep(0.2)
     assert box.row("orphan")["state"] == "running"
+
+
+def test_a_run_without_a_name_loads_nothing_of_named_sandboxes(tmp_path) -> None:
+    """Start-up stays lean: rootless/instance is loaded only for --name and its commands."""
+    argv = [sys.executable, "-X", "importtime", "-m", "rootless", "run", "--net=none", "--", "true"]
+    r = subprocess.run(argv, cwd=tmp_path, env=rbox_env(None), capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stderr
+    assert "rootless.parent" in r.stderr and "rootless.instance" not in r.stderr
