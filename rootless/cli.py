@@ -84,6 +84,11 @@ def _main(argv: list[str]) -> int:
 
         fds.seal([])
         return command.run(parsed.args, parsed.values, caller_environment())
+    if parsed.command in options.INSTANCE_COMMANDS:
+        from rootless.instance import commands
+
+        # Not sealed here: only exec starts anything (join.run seals); `ps` must stay quick.
+        return commands.run(parsed, caller_environment())
     try:
         from rootless import parent, spec  # after --help: they are not needed for it
     except ImportError as e:
@@ -117,6 +122,10 @@ def _main(argv: list[str]) -> int:
 
         the_spec.limits = config.apply_ceilings(the_spec.limits, ceilings)  # type: ignore[assignment]
     fds.seal(the_spec.pass_fds)
+    if the_spec.name is not None:
+        from rootless.instance import supervisor
+
+        return supervisor.run(the_spec, _str(parsed.values.get("image")))
     return parent.run(the_spec)
 
 

@@ -21,20 +21,22 @@ def bash() -> str:
              '    cur="${COMP_WORDS[COMP_CWORD]}"', '    prev="${COMP_WORDS[COMP_CWORD-1]}"',
              "    cmd=", '    for ((i = 1; i < COMP_CWORD; i++)); do',
              '        case "${COMP_WORDS[i]}" in ' + "|".join(COMMANDS) + ') cmd="${COMP_WORDS[i]}"; break;; esac',
-             "    done", '    case "$prev" in']
-    seen: set[str] = set()
+             "    done", '    case "$cmd:$prev" in']
+    # What follows an option that takes a value, per command: `-t` is a flag of `run` and
+    # takes SECONDS in `stop`. One case per action, its patterns `COMMAND:OPTION`.
+    cases: dict[str, list[str]] = {}
     for command in COMMANDS:
         for opt in options_for(command):
-            if opt.names[-1] in seen:
-                continue        # run and sh share their options: one case each
-            seen.add(opt.names[-1])
             if opt.choices:
-                lines.append(f'        {"|".join(opt.names)}) COMPREPLY=($(compgen -W "{" ".join(opt.choices)}" '
-                             '-- "$cur")); return;;')
+                action = f'COMPREPLY=($(compgen -W "{" ".join(opt.choices)}" -- "$cur")); return;;'
             elif opt.metavar in PATH_METAVARS:
-                lines.append(f'        {"|".join(opt.names)}) COMPREPLY=($(compgen -f -- "$cur")); return;;')
+                action = 'COMPREPLY=($(compgen -f -- "$cur")); return;;'
             elif opt.takes_value:
-                lines.append(f'        {"|".join(opt.names)}) return;;')
+                action = "return;;"
+            else:
+                continue
+            cases.setdefault(action, []).extend(f"{command}:{name}" for name in opt.names)
+    lines += [f'        {"|".join(patterns)}) {action}' for action, patterns in cases.items()]
     lines += ["    esac", '    case "$cmd" in']
     globals_ = " ".join(n for o in GLOBAL_OPTIONS for n in o.names)
     lines.append(f'        "") COMPREPLY=($(compgen -W "{" ".join(COMMANDS)} {globals_}" -- "$cur"));;')

@@ -52,6 +52,8 @@ def run(spec: Spec, chan: sync.Channel, link: sync.Channel, fd_sock: object = No
     net.configure(spec.net)
     chan.expect(sync.NETWORK_DONE)
     contain(link)
+    if spec.name is not None:
+        send_namespaces(fd_sock, keep_open=spec.pty)
     pid, master = payload.start(spec)
     if master is not None:
         send_master(fd_sock, master)
@@ -71,6 +73,21 @@ def send_master(sock: object, master: int) -> None:
     socket.send_fds(sock, [b"M"], [master])
     os.close(master)
     sock.close()
+
+
+def send_namespaces(sock: object, keep_open: bool) -> None:
+    """A named sandbox: the command's user and mount namespaces (U2, M2) to the parent, the
+    supervisor, which gives them to `rbox exec`. Now, before the command exists: they are
+    the ones init made, never ones the command could have made (docs/internals.md)."""
+    import socket  # loaded by the parent before the fork for a named sandbox
+
+    assert isinstance(sock, socket.socket)
+    fds = [os.open(f"/proc/self/ns/{kind}", os.O_RDONLY | os.O_CLOEXEC) for kind in ("user", "mnt")]
+    socket.send_fds(sock, [b"N"], fds)
+    for fd in fds:
+        os.close(fd)
+    if not keep_open:
+        sock.close()
 
 
 def contain(link: sync.Channel) -> None:

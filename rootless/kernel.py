@@ -44,6 +44,28 @@ def pidfd_open(pid: int) -> int | None:
     return int(os.pidfd_open(pid))
 
 
+def setns_pidfd() -> bool:
+    """setns(2) with a pidfd, Linux 5.8: all of a process's namespaces in one call, or none
+    (`rbox exec`; without it, one namespace file after the other). Probed on ourselves with
+    CLONE_NEWUTS: EPERM (no CAP_SYS_ADMIN over our own UTS namespace) or success where a
+    pidfd is taken, EINVAL where only namespace files are."""
+    if "setns_pidfd" not in _FOUND:
+        found = False
+        if pidfd():
+            from rootless import syscalls as sc
+
+            fd = os.pidfd_open(os.getpid())
+            try:
+                sc.setns(fd, sc.CLONE_NEWUTS)
+                found = True
+            except OSError as e:
+                found = e.errno == errno.EPERM
+            finally:
+                os.close(fd)
+        _FOUND["setns_pidfd"] = found
+    return _FOUND["setns_pidfd"]
+
+
 def close_range_cloexec() -> bool:
     """close_range(2) with CLOSE_RANGE_CLOEXEC, Linux 5.11 (5.9 has close_range without
     the flag: EINVAL)."""

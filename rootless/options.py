@@ -102,10 +102,49 @@ UNSHARE_OPTIONS = (
     Opt(("-h", "--help"), "help", "show this help and exit"),
 )
 
+# `rbox run` only: naming a sandbox makes it joinable (rootless/instance, rbox(1), NAMED SANDBOXES).
+RUN_OPTIONS = (
+    Opt(("-d", "--detach"), "detach", "run in the background: print the name once the command runs; its output "
+        "goes to `rbox logs`"),
+    Opt(("--name",), "name", "name the sandbox, so that `rbox exec`, `ps`, `stop`, `stats` and `logs` find it",
+        metavar="NAME", kind="value"),
+) + SANDBOX_OPTIONS
+
+_HELP = Opt(("-h", "--help"), "help", "show this help and exit")
+_DEBUG = Opt(("--debug",), "debug", "print every setup step; tracebacks for rbox's own errors")
+PS_OPTIONS = (
+    Opt(("-a", "--all"), "all", "`ps`: also sandboxes whose command has exited; `stop`: every sandbox"),
+    Opt(("--json",), "json", "`ls`, `inspect`, `ps`, `stats`: print JSON"),
+    _DEBUG, _HELP,
+)
+EXEC_OPTIONS = (
+    Opt(("-t", "--tty"), "tty", "give the command a new pseudo-terminal (the default when stdin is one)"),
+    Opt(("-T", "--no-tty"), "no_tty", "no pseudo-terminal: the command gets rbox's stdin/stdout/stderr as they are"),
+    Opt(("-e", "--env"), "env", "set K to V for the command; `-e K` copies K from rbox's environment",
+        metavar="K=V", kind="append"),
+    Opt(("-w", "--workdir"), "workdir", "working directory inside (default: the sandbox's command's)",
+        metavar="DIR", kind="value"),
+    _DEBUG, _HELP,
+)
+STOP_OPTIONS = (
+    PS_OPTIONS[0],
+    Opt(("-t", "--time"), "time", "seconds between SIGTERM and SIGKILL (default: 10)", metavar="SECONDS",
+        kind="value"),
+    _DEBUG, _HELP,
+)
+STATS_OPTIONS = (
+    Opt(("--no-stream",), "no_stream", "print the figures once instead of every second"),
+    PS_OPTIONS[1],
+    _DEBUG, _HELP,
+)
+LOGS_OPTIONS = (
+    Opt(("-f", "--follow"), "follow", "keep printing what the command writes until the sandbox ends"),
+    _DEBUG, _HELP,
+)
+
 IMAGE_OPTIONS = (
-    Opt(("--json",), "json", "`ls`, `inspect`: print JSON"),
-    Opt(("--debug",), "debug", "print every setup step; tracebacks for rbox's own errors"),
-    Opt(("-h", "--help"), "help", "show this help and exit"),
+    PS_OPTIONS[1],
+    _DEBUG, _HELP,
 )
 
 GLOBAL_OPTIONS = (
@@ -115,14 +154,25 @@ GLOBAL_OPTIONS = (
 )
 
 COMMANDS = {
-    "run": ("[OPTIONS] [--] COMMAND [ARG...]", "Run COMMAND in a new sandbox and exit with its exit code."),
+    "run": ("[OPTIONS] [--] COMMAND [ARG...]", "Run COMMAND in a new sandbox and exit with its exit code "
+            "(with -d: in the background)."),
     "sh": ("[OPTIONS]", "Run your login shell (from the password database) in a new sandbox."),
     "check": ("[--json]", "Check what this host offers rbox: one finding per requirement, with the fix."),
     "unshare": ("[--] COMMAND [ARG...]", "Run COMMAND as uid 0 of a user namespace with your id map (to delete what "
                 "--root made)."),
     "image": ("import SOURCE NAME | ls | inspect NAME | rm NAME", "Import, list, describe and remove images "
               "(rbox(1), IMAGES)."),
+    "ps": ("[-a] [--json]", "List your named sandboxes that are running (-a: also those that have exited)."),
+    "exec": ("[OPTIONS] NAME [--] COMMAND [ARG...]", "Run COMMAND inside the running sandbox NAME, as contained as "
+             "its own command."),
+    "stop": ("[-t SECONDS] NAME... | --all", "Stop sandboxes: SIGTERM to the command, SIGKILL to all after the "
+             "grace time."),
+    "stats": ("[--no-stream] [--json] [NAME...]", "Show the CPU, memory, processes and network use of running "
+              "sandboxes."),
+    "logs": ("[-f] NAME", "Print the output of the detached sandbox NAME."),
 }
+# The commands on named sandboxes (rootless/instance): dispatched before anything of `run` is imported.
+INSTANCE_COMMANDS = ("ps", "exec", "stop", "stats", "logs")
 
 
 class Parsed:
@@ -135,8 +185,9 @@ class Parsed:
 def options_for(command: str | None) -> tuple[Opt, ...]:
     if command is None:
         return GLOBAL_OPTIONS
-    return {"check": CHECK_OPTIONS, "sh": SH_OPTIONS, "unshare": UNSHARE_OPTIONS,
-            "image": IMAGE_OPTIONS}.get(command, SANDBOX_OPTIONS)
+    return {"check": CHECK_OPTIONS, "sh": SH_OPTIONS, "unshare": UNSHARE_OPTIONS, "image": IMAGE_OPTIONS,
+            "run": RUN_OPTIONS, "ps": PS_OPTIONS, "exec": EXEC_OPTIONS, "stop": STOP_OPTIONS,
+            "stats": STATS_OPTIONS, "logs": LOGS_OPTIONS}.get(command, SANDBOX_OPTIONS)
 
 
 def parse(argv: list[str], defaults: list[str] | None = None) -> Parsed:

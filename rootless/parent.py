@@ -32,6 +32,7 @@ if TYPE_CHECKING:
     import socket
 
     from rootless.cgroups import Subtree
+    from rootless.instance.supervisor import Instance
     from rootless.net.pasta import PastaDriver
     from rootless.net.slirp import SlirpDriver
 
@@ -44,7 +45,8 @@ class Interrupted(Exception):
         self.signo = signo
 
 
-def run(spec: Spec) -> int:
+def run(spec: Spec, instance: Instance | None = None) -> int:
+    """`instance`: a named sandbox's supervisor hooks (rootless/instance/supervisor.py)."""
     if spec.cwd_warning and os.environ.get("RBOX_IN_SCOPE") != "1":   # once, not again in a scope
         log.warn(spec.cwd_warning)
     idmap = plan_idmap(spec)
@@ -57,13 +59,15 @@ def run(spec: Spec) -> int:
         return 0
     state.sweep()                     # what sandboxes killed during setup left (state.py)
     subtree = limits_subtree(spec)    # may re-exec rbox in a systemd scope: before any helper starts
+    if instance is not None:
+        instance.detach()             # -d: only the supervisor returns, and goes on from here
     driver = make_driver(spec)        # host checks for the network helper, before forking
     for line in idmap.describe() if log.debugging() else ():
         log.step(line)
     block(FORWARDED)
     sigfd = signalfd(FORWARDED)
     parent_end, child_end = sync.channel_pair()
-    parent_sock, child_sock = fd_socket_pair() if spec.pty else (None, None)
+    parent_sock, child_sock = fd_socket_pair() if spec.pty or spec.name else (None, None)
     me = os.getpid()
     pid = os.fork()
     if pid == 0:
@@ -71,11 +75,13 @@ def run(spec: Spec) -> int:
         os.close(sigfd)
         if parent_sock is not None:
             parent_sock.close()
+        if instance is not None:
+            instance.in_child()
         run_child(child_end, "stage-1", lambda: stage1.run(spec, child_end, me, idmap, child_sock))
     child_end.close()
     if child_sock is not None:
         child_sock.close()
-    sandbox = Sandbox(spec, pid, parent_end, sigfd, parent_sock, driver, subtree)
+    sandbox = Sandbox(spec, pid, parent_end, sigfd, parent_sock, driver, subtree, instance)
     try:
         sandbox.setup(idmap)
         return sandbox.wait()
@@ -150,9 +156,9 @@ class Sandbox:
 
     def __init__(self, spec: Spec, stage1_pid: int, chan: sync.Channel, sigfd: int,
                  fd_sock: socket.socket | None = None, driver: Driver | None = None,
-                 subtree: Subtree | None = None):
+                 subtree: Subtree | None = None, instance: Instance | None = None):
         self.spec, self.stage1, self.chan, self.sigfd = spec, stage1_pid, chan, sigfd
-        self.fd_sock, self.driver, self.subtree = fd_sock, driver, subtree
+        self.fd_sock, self.driver, self.subtree, self.instance = fd_sock, driver, subtree, instance
         self.console: Console | None = None
         self.init_pid = 0
         self.chan_open = True
@@ -194,7 +200,9 @@ class Sandbox:
                 raise ProtocolError("PID 1 spoke out of turn while the network was set up", hint=BUG_HINT) from None
         self.chan.send(sync.NETWORK_DONE)
         self.expect(sync.RUNNING)
-        if self.fd_sock is not None:
+        if self.instance is not None:
+            self.instance.running(self)    # first: init sent the namespaces before the pty
+        if self.spec.pty:
             self.console = Console(self.receive_master(), on_hangup=self._hang_up)
             self.console.make_raw()
 
@@ -225,6 +233,8 @@ class Sandbox:
                 if time.monotonic() > deadline:
                     break
             timeout = None if self.chan_open else 0.2
+            if self.instance is not None:
+                timeout = self.instance.tick(timeout)
             if self.hangup_at is not None and self.console is not None:
                 if time.monotonic() >= self.hangup_at:
                     self.console.hang_up()
@@ -274,7 +284,12 @@ class Sandbox:
         helper = self.driver.watch_fd if self.driver is not None and not self.helper_gone else None
         if helper is not None:
             poller.register(helper, select.POLLIN)
+        extra = self.instance.watched() if self.instance is not None else {}
+        for fd in extra:
+            poller.register(fd, select.POLLIN)
         ready = dict(poller.poll(None if timeout is None else timeout * 1000))
+        for fd in extra.keys() & ready.keys():
+            extra[fd]()
         if not ready and not may_time_out:
             raise ProtocolError(f"the sandbox did not finish setting up within {timeout:g} s", hint=SLOW_HINT)
         if self.sigfd in ready:
@@ -283,7 +298,7 @@ class Sandbox:
             self._on_helper_exit()
         if self.console:
             for fd, events in ready.items():
-                if fd not in (self.chan.rfd, self.sigfd, helper):
+                if fd not in (self.chan.rfd, self.sigfd, helper) and fd not in extra:
                     self.console.on_ready(fd, events)
         return self.chan_open and self.chan.rfd in ready
 
@@ -357,3 +372,5 @@ class Sandbox:
         os.close(self.sigfd)
         if self.fd_sock is not None:
             self.fd_sock.close()
+        if self.instance is not None:
+            self.instance.finish(None if self.status is None else waitstatus_to_code(self.status))

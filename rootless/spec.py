@@ -75,6 +75,8 @@ class Spec:
     argv: list[str]         # rbox's own arguments, to re-run them in a systemd scope
     rootfs: str | None      # --rootfs/--image: the tree shown as `/` (resolved), else None
     image_files: dict[str, str]   # with an image: /etc/passwd, /etc/group (and resolv.conf) to show
+    name: str | None        # --name (or made up for -d): a named sandbox, joinable (rootless/instance)
+    detach: bool            # -d: the supervisor runs in the background, the output goes to a log
     __slots__ = tuple(__annotations__)
 
     def __init__(self, **fields: object):
@@ -114,12 +116,14 @@ def from_parsed(parsed: Parsed, environ: dict[str, str], cwd: str, tty: bool,
         dry_run=bool(v.get("dry_run")),
         debug=bool(v.get("debug")),
         uid=uid, gid=gid, user=user, home=home, cwd=cwd, cwd_bound=cwd_bound, cwd_warning=cwd_warning,
-        tty=tty, pty=_pty(v, tty),
+        tty=tty, pty=_pty(v, tty) and not _detach(v),
         limits=_limits(v),
         pass_fds=sorted({check_passable(value) for _, value in _list(v, "pass_fd")}),
         argv=list(argv or []),
         rootfs=rootfs,
         image_files=_image_files(rootfs, bool(v.get("root")), uid, gid, user, home, net_mode) if rootfs else {},
+        name=_name(v.get("name"), _detach(v)),
+        detach=_detach(v),
     )
 
 
@@ -404,6 +408,28 @@ def _pty(v: dict[str, object], tty: bool) -> bool:
         raise SpecError("-t/--tty and -T/--no-tty exclude each other",
                         hint="give one of them: -t for a new pseudo-terminal, -T for none")
     return bool(v.get("tty")) or (tty and not v.get("no_tty"))
+
+
+NAME_CHARS = HOSTNAME_CHARS | {"_"}
+
+
+def _name(value: object, detach: bool) -> str | None:
+    """--name: letters, digits, `-`, `_` and `.`, not starting with `-` or `.`, at most 64
+    (it names a directory and appears in `rbox ps`). -d without one gets one made up."""
+    if value is None:
+        return f"rbox-{os.urandom(4).hex()}" if detach else None
+    name = str(value)
+    if not (0 < len(name) <= 64) or not set(name) <= NAME_CHARS or name[0] in "-.":
+        raise SpecError(f"invalid sandbox name `{name}`",
+                        hint="use up to 64 letters, digits, `-`, `_` and `.`, not starting with `-` or `.`")
+    return name
+
+
+def _detach(v: dict[str, object]) -> bool:
+    if v.get("detach") and v.get("tty"):
+        raise SpecError("-d/--detach and -t/--tty exclude each other: a detached sandbox has no terminal",
+                        hint="drop -t; use `rbox exec -t NAME -- COMMAND` for a terminal in it later")
+    return bool(v.get("detach"))
 
 
 def _command(parsed: Parsed, shell: str, config: dict[str, object] | None = None) -> list[str]:

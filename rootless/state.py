@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 LOCK = "lock"
+NAMED = "named"       # named sandboxes' directories (rootless/instance/registry.py): not swept here
 
 
 def base_path(environ: Mapping[str, str] | None = None) -> str:
@@ -171,6 +172,9 @@ def _open_base(base: str) -> int:
     return fd
 
 
+open_verified = _open_base      # for rootless/instance: its `named/` is checked by the same rules
+
+
 _ELSEWHERE = ("set XDG_RUNTIME_DIR to a directory of your own (mode 0700); rbox then keeps its state in "
               "$XDG_RUNTIME_DIR/rbox")
 
@@ -224,7 +228,8 @@ def _sweep(base_fd: int) -> None:
         with os.scandir(base_fd) as entries:
             names = [entry.name for entry in entries]
         for name in names:
-            _remove_if_stale(base_fd, name)
+            if name != NAMED:
+                _remove_if_stale(base_fd, name)
     finally:
         fcntl.flock(base_fd, fcntl.LOCK_UN)
 

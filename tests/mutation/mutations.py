@@ -14,6 +14,11 @@ once: if the code changes under it, the check fails, and the entry is brought up
 
 The session keyring alone (init.new_session_keyring) is left out: the seccomp filter
 in front of it makes it unobservable from inside (its removal is an equivalent mutant).
+Left out for `rbox exec` (instance/join.py), each equivalent from inside: the joiner's
+own session keyring (the filter answers ENOSYS first), its non-dumpable flag (it stays in
+the host's PID namespace, out of the sandbox's sight), the check after the pidfd setns (it
+matters only when stage-1's pid was reused within the exec), the cgroup join (no
+delegated controllers on this host: the VM test bed's).
 Left out on purpose: mutants the kernel makes equivalent (MS_SLAVE on `/`: a mount
 namespace made in a less privileged user namespace turns shared mounts into slaves
 anyway, mount_namespaces(7)); slirp4netns's kill at the end (its --exit-fd ends it too,
@@ -42,6 +47,10 @@ SEC = "tests/security/"
 DAILY = "tests/integration/test_daily.py::"
 TDAILY = "tests/integration/test_terminal_daily.py::"
 UNPACK = "tests/unit/test_unpack.py::test_attack_stays_inside"
+EXEC = "tests/integration/test_exec.py::"
+SEC_EXEC = SEC + "test_exec.py::"
+NAMED = "tests/integration/test_named.py::"
+FAULTS = "tests/robustness/test_named_faults.py::"
 RUN_WORDS = " ".join(name for opt in options_for("run") for name in opt.names)
 
 
@@ -158,11 +167,13 @@ MUTATIONS = [
       PROC + "test_the_hosts_ipc_objects_are_invisible"),
     M("the capability bounding set is kept",
       "rootless/syscalls.py", "    for cap in range(64):\n", "    for cap in range(0):\n",
-      PROC + "test_no_new_privs_and_no_capabilities_in_the_default_identity"),
+      PROC + "test_no_new_privs_and_no_capabilities_in_the_default_identity",
+      SEC_EXEC + "test_exec_is_as_confined_as_the_command"),
     M("no NO_NEW_PRIVS: setuid binaries inside gain privileges",
       "rootless/payload.py", "    sc.set_no_new_privs()\n", "    pass\n",
       PROC + "test_no_new_privs_and_no_capabilities_in_the_default_identity",
-      PROC + "test_no_new_privs_with_root_identity_too"),
+      PROC + "test_no_new_privs_with_root_identity_too",
+      SEC_EXEC + "test_exec_is_as_confined_as_the_command"),
     M("the command shares rbox's session and controlling terminal (TIOCSTI)",
       "rootless/payload.py", '{"setsid": True}', '{"setsid": False}',
       PROC + "test_non_terminal_stdin_gets_a_new_session_without_a_terminal",
@@ -289,7 +300,8 @@ MUTATIONS = [
     M("no keyring filter: the command plants a key in the caller's user keyring",
       "rootless/payload.py", "    seccomp.deny_keyrings()\n", "    pass\n",
       SEC + "test_keyring.py::test_the_sandbox_cannot_plant_a_key_in_the_callers_user_keyring",
-      SEC + "test_keyring.py::test_the_sandbox_can_neither_find_nor_read_the_callers_keys_nor_plant_one"),
+      SEC + "test_keyring.py::test_the_sandbox_can_neither_find_nor_read_the_callers_keys_nor_plant_one",
+      SEC_EXEC + "test_exec_can_neither_find_nor_read_the_callers_keys_nor_plant_one"),
     M("the keyring filter forgets keyctl (the i386/x86_64 tables' last number)",
       "rootless/seccomp.py", '"x86_64": ((0xC000003E, 248, 249, 250)', '"x86_64": ((0xC000003E, 248, 249, 249)',
       "tests/unit/test_seccomp.py::test_the_kernels_numbers_are_refused_literally",
@@ -308,6 +320,46 @@ MUTATIONS = [
       SEC + "test_state_dir.py::test_a_planted_directory_is_refused_and_left_alone",
       also=(("rootless/state.py", "    if stat.S_IMODE(st.st_mode) != 0o700:\n        return f",
              "    if False:\n        return f"),)),
+
+    # --- named sandboxes and `rbox exec` (issue #15, rootless/instance)
+    M("exec stays in U1: uid 0 of a --root sandbox gets capabilities over its host name, its network",
+      "rootless/instance/join.py", '    sc.setns(ns["user2"], sc.CLONE_NEWUSER)\n', "",
+      SEC_EXEC + "test_exec_has_no_capability_over_what_u1_owns"),
+    M("exec stays in the host's mount namespace: your files are writable from inside",
+      "rootless/instance/join.py", '    sc.setns(ns["mnt2"], sc.CLONE_NEWNS)\n', "",
+      SEC_EXEC + "test_exec_cannot_remount_the_host_or_unmount_a_hide"),
+    M("exec skips the PID namespace: the exec'd command is in the host's",
+      "rootless/instance/join.py", '    sc.setns(ns["pid"], sc.CLONE_NEWPID)\n', "",
+      SEC_EXEC + "test_exec_is_as_confined_as_the_command"),
+    M("exec skips the network namespace: the exec'd command is on the host's network",
+      "rootless/instance/join.py", '"net": sc.CLONE_NEWNET, ', "",
+      EXEC + "test_lifecycle_start_list_exec_stop"),
+    M("the sandbox's namespace descriptors reach the exec'd command",
+      "rootless/instance/commands.py", "_socket.CMSG_LEN(16 * fds.itemsize), _socket.MSG_CMSG_CLOEXEC)",
+      "_socket.CMSG_LEN(16 * fds.itemsize), 0)",
+      SEC_EXEC + "test_exec_gets_only_0_1_2_of_1000_inherited_descriptors",
+      also=(("rootless/instance/join.py", "    for fd in ns.values():\n        os.close(fd)\n", ""),)),
+    M("rbox exec leaves the caller's descriptors open: the exec'd command gets them",
+      "rootless/instance/join.py", "    seal_fds([])\n", "",
+      SEC_EXEC + "test_exec_gets_only_0_1_2_of_1000_inherited_descriptors"),
+    M("the supervisor gives the namespaces to a process inside a sandbox",
+      "rootless/instance/supervisor.py", "                if refusal is not None:\n", "                if False:\n",
+      SEC_EXEC + "test_a_process_inside_a_sandbox_gets_nothing_from_the_supervisors_socket"),
+    M("stop never sends SIGKILL: a command that ignores SIGTERM runs on",
+      "rootless/instance/supervisor.py", "        self.deadline = None\n        self.kill()\n",
+      "        self.deadline = None\n",
+      NAMED + "test_a_command_that_ignores_sigterm_is_killed_after_the_grace_time"),
+    M("the name of a running sandbox can be taken again",
+      "rootless/instance/registry.py", "        if old is not None and old.alive():\n", "        if False:\n",
+      NAMED + "test_names_are_checked_and_unique"),
+    M("a sandbox whose supervisor was killed counts as alive: ps lists it",
+      "rootless/instance/registry.py",
+      "            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)\n            return False\n",
+      "            return True\n",
+      FAULTS + "test_kill_9_of_the_supervisor_takes_the_sandbox_down"),
+    M("the detached supervisor keeps the caller's descriptors: $(rbox run -d ...) never returns",
+      "rootless/instance/supervisor.py", "        _close_all_but({", "        set({",
+      FAULTS + "test_run_d_returns_although_the_caller_holds_its_output_open_elsewhere"),
 
     # --- daily use (issue #13): rbox behaves like the command it runs
     M("a pty whenever stdin is a terminal: redirected output gets CRLF, stderr merged",

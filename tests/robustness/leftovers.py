@@ -44,12 +44,20 @@ def mounts() -> set[str]:
 
 def runtime_entries(dirs: list[str]) -> set[str]:
     """Every path below the runtime directories, except an empty directory named `rbox`
-    (a shared base that may stay)."""
+    (a shared base that may stay), and an empty `rbox/named` (named sandboxes' base)."""
     found = set()
     for base in dirs:
         for root, subdirs, files in os.walk(base):
             found.update(os.path.join(root, name) for name in files + subdirs)
-    return {p for p in found if not (os.path.basename(p) == "rbox" and os.path.isdir(p) and not os.listdir(p))}
+    return {p for p in found if not _empty_base(p)}
+
+
+def _empty_base(path: str) -> bool:
+    """An empty `rbox` (or `rbox/named`) directory, or one holding only an empty `named`."""
+    if path.endswith("/rbox/named"):
+        return os.path.isdir(path) and not os.listdir(path)
+    return path.endswith("/rbox") and os.path.isdir(path) and \
+        all(n == "named" and _empty_base(os.path.join(path, n)) for n in os.listdir(path))
 
 
 class Snapshot:

@@ -31,6 +31,12 @@ Actions:
   key-plant-in RING   add a key `planted` to the keyring with serial RING
   key-find-in RING DESC  search the keyring RING for DESC
   key-unlink KEY RING    unlink KEY from RING
+  sethostname NAME    sethostname(NAME): needs CAP_SYS_ADMIN over the UTS namespace's owner
+  setns-out           try setns(2) into every namespace reachable: each descriptor held, and
+                      /proc/PID/ns/KIND of every visible process; print the first one that
+                      was entered and differs from ours (`PID/KIND` or `fdN`), else `none`
+  ask SOCKET KIND     connect to a unix SOCKET, send `KIND`, print the answer's first word
+                      and how many descriptors came with it
 """
 
 import ctypes
@@ -318,6 +324,71 @@ def do_key_find_in(ring, desc):
 
 def do_key_unlink(key, ring):
     attempt("unlink", lambda: keyctl(KEYCTL_UNLINK, int(key), int(ring)))
+
+
+def do_sethostname(name):
+    attempt("sethostname", lambda: call(libc.sethostname(name.encode(), len(name))))
+
+
+NS_KINDS = ("user", "mnt", "net", "uts", "ipc", "pid", "cgroup")
+
+
+def do_setns_out():
+    def here(kind):
+        return os.stat(f"/proc/self/ns/{kind}").st_ino
+
+    def try_enter(fd, label):
+        st = os.fstat(fd)
+        for kind in NS_KINDS:
+            try:
+                if st.st_ino == here(kind):
+                    return None             # our own: nothing to gain
+            except OSError:
+                continue
+        if libc.setns(fd, 0) == 0:
+            return label
+        return None
+
+    found = None
+    for n in sorted(int(x) for x in os.listdir("/proc/self/fd")):
+        try:
+            found = found or try_enter(n, f"fd{n}")
+        except OSError:
+            continue
+    for pid in sorted(int(x) for x in os.listdir("/proc") if x.isdigit()):
+        for kind in NS_KINDS:
+            try:
+                fd = os.open(f"/proc/{pid}/ns/{kind}", os.O_RDONLY)
+            except OSError:
+                continue
+            try:
+                found = found or try_enter(fd, f"{pid}/{kind}")
+            finally:
+                os.close(fd)
+    out("setns_out", found or "none")
+
+
+def do_ask(path, kind):
+    import array
+    import socket
+
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    try:
+        s.connect(path)
+        try:
+            s.sendall(kind.encode() + b"\n")
+        except BrokenPipeError:
+            pass            # refused before it read: its answer is waiting all the same
+        fds = array.array("i")
+        data, ancdata, _, _ = s.recvmsg(4096, socket.CMSG_LEN(64 * fds.itemsize))
+        for level, ctype, cdata in ancdata:
+            if level == socket.SOL_SOCKET and ctype == socket.SCM_RIGHTS:
+                fds.frombytes(cdata[:len(cdata) - (len(cdata) % fds.itemsize)])
+        out("answer", data.split()[0].decode() if data.split() else "none")
+        out("answer_fds", len(fds))
+    except OSError as e:
+        out("answer", err_name(e.errno))
 
 
 if __name__ == "__main__":
