@@ -31,6 +31,7 @@ TYPE_CHECKING = False  # not `from typing import ...`: typing costs 9 ms at star
 if TYPE_CHECKING:
     import socket
 
+    from rootless import slurm
     from rootless.cgroups import Subtree
     from rootless.net.pasta import PastaDriver
     from rootless.net.slirp import SlirpDriver
@@ -45,7 +46,8 @@ class Interrupted(Exception):
 
 
 def run(spec: Spec) -> int:
-    if spec.cwd_warning and os.environ.get("RBOX_IN_SCOPE") != "1":   # once, not again in a scope
+    # Once, not again in a scope, and by the first rank of `srun -n 64 rbox ...` only.
+    if spec.cwd_warning and os.environ.get("RBOX_IN_SCOPE") != "1" and first_rank():
         log.warn(spec.cwd_warning)
     idmap = plan_idmap(spec)
     ops = mounts.optimize(mounts.plan(spec))
@@ -57,6 +59,7 @@ def run(spec: Spec) -> int:
         return 0
     state.sweep()                     # what sandboxes killed during setup left (state.py)
     subtree = limits_subtree(spec)    # may re-exec rbox in a systemd scope: before any helper starts
+    job_memory = job_memory_watch()   # None outside a Slurm job
     driver = make_driver(spec)        # host checks for the network helper, before forking
     for line in idmap.describe() if log.debugging() else ():
         log.step(line)
@@ -78,11 +81,32 @@ def run(spec: Spec) -> int:
     sandbox = Sandbox(spec, pid, parent_end, sigfd, parent_sock, driver, subtree)
     try:
         sandbox.setup(idmap)
-        return sandbox.wait()
+        code = sandbox.wait()
+        for line in job_memory.report(code) if job_memory is not None and not sandbox.reported else ():
+            log.say(line)
+        return code
     except Interrupted as e:
         return 128 + e.signo
     finally:
         sandbox.cleanup()
+
+
+def first_rank() -> bool:
+    """False for the second and later ranks of a parallel launch (srun -n, mpirun)."""
+    from rootless import slurm
+
+    return slurm.first_rank()
+
+
+def job_memory_watch() -> slurm.MemoryWatch | None:
+    """Inside a Slurm job: its memory limit and OOM kill count, to explain a kill by it
+    (slurm.py). Outside one, one environment lookup and nothing imported."""
+    if "SLURMD_NODENAME" not in os.environ:
+        return None
+    from rootless import slurm
+
+    job = slurm.job_id()
+    return slurm.memory_watch(job) if job else None
 
 
 def dry_checks(spec: Spec) -> None:
@@ -159,6 +183,7 @@ class Sandbox:
         self.status: int | None = None
         self.hangup_at: float | None = None
         self.helper_gone = False
+        self.reported = False     # the limits' report said something (then a Slurm job's says nothing)
 
     def setup(self, idmap: userns.IdMapPlan) -> None:
         """Steps 1-5 of the protocol: on return the command is running.
@@ -246,6 +271,7 @@ class Sandbox:
         if self.subtree is not None and self.spec.limits is not None:
             for line in self.subtree.report(self.spec.limits):
                 log.say(line)
+                self.reported = True
         return waitstatus_to_code(status)
 
     def _stop_with_the_command(self) -> None:
