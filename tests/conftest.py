@@ -39,7 +39,7 @@ PROBES = ("userns", "subuid", "slirp4netns", "pasta", "dns_stub", "vm", "vm_brok
           # Kernel facilities newer than rbox's floor (4.18): absent under tests/oldkernel's filter.
           "pidfd", "old_kernel", "mount_api",
           # A Slurm cluster this user can run jobs on (tests/slurm/cluster), Open MPI's tools.
-          "slurm", "mpi")
+          "slurm", "slurm_memory", "mpi")
 
 
 @functools.cache
@@ -164,6 +164,10 @@ def probe(name: str) -> str | None:
         from tests.slurm.jobs import cluster_problem
 
         return cluster_problem()
+    if name == "slurm_memory":
+        from tests.slurm.jobs import memory_limit_problem
+
+        return memory_limit_problem()
     if name == "mpi":
         import shutil
 

@@ -43,6 +43,22 @@ def cluster_problem() -> str | None:
     return None
 
 
+def memory_limit_problem() -> str | None:
+    """None when the test cluster enforces a job's --mem (Slurm's task/cgroup: the task
+    is in a memory cgroup of its job's), else why not."""
+    problem = cluster_problem()
+    if problem is not None:
+        return problem
+    r = subprocess.run(["srun", "--quiet", "--immediate=20", "-t", "1", "--mem=100M", "cat", "/proc/self/cgroup"],
+                       env=dict(os.environ, SLURM_CONF=slurm_conf()), capture_output=True, text=True, timeout=60,
+                       stdin=subprocess.DEVNULL, cwd="/")
+    for line in r.stdout.splitlines():
+        if "memory" in line.split(":")[1].split(",") and "/job_" in line:
+            return None
+    return ("the test cluster does not confine a job's memory (Slurm's TaskPlugin is not task/cgroup; as root: "
+            "RBOX_SLURM_TASK=cgroup tests/slurm/cluster start, on a node with a cgroup v1 memory hierarchy)")
+
+
 def shim_dir(where: Path) -> Path:
     """A directory with an `rbox` that runs this checkout (`python -m rootless`), for the
     tasks' PATH: srun passes the caller's environment on, PYTHONPATH included."""

@@ -14,6 +14,7 @@ import re
 import shlex
 import socket
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -25,11 +26,14 @@ from tests.slurm.jobs import job_field, run, slurm_env, wait_for_jobs_to_leave
 pytestmark = [pytest.mark.needs_userns, pytest.mark.needs_slurm]
 
 
-@pytest.mark.parametrize(("command", "code"), [(["sh", "-c", "exit 0"], 0), (["sh", "-c", "exit 3"], 3),
-                                               (["no-such-command"], 127), (["sh", "-c", "kill -9 $$"], 137)])
+@pytest.mark.parametrize(("command", "code"), [(["sh", "-c", "echo ran; exit 0"], 0),
+                                               (["sh", "-c", "echo ran; exit 3"], 3), (["no-such-command"], 127),
+                                               (["sh", "-c", "echo ran; kill -9 $$"], 137)])
 def test_srun_passes_the_exit_code(command: list[str], code: int, bindir: Path, workdir: Path) -> None:
     r = run(["srun", "rbox", "run", "--", *command], bindir, workdir)
     assert r.returncode == code, r.stderr
+    # The command ran (srun exits 0 also when slurmd could not start the task at all).
+    assert r.stdout == ("" if code == 127 else "ran\n"), r.stderr
     if code:
         assert f"task 0: Exited with exit code {code}" in r.stderr      # Slurm's own record of it
     if code == 127:
@@ -170,6 +174,22 @@ def test_limits_are_refused_with_slurms_options(bindir: Path, workdir: Path) -> 
     assert job and job.isdigit(), r.stderr
     assert "\nrbox: error: --memory, --cpus inside Slurm job " in "\n" + r.stderr, r.stderr
     assert "`srun --mem=512M --cpus-per-task=2 ...`" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.needs_slurm_memory
+def test_a_kill_by_the_jobs_memory_limit_is_explained(bindir: Path, workdir: Path) -> None:
+    """Slurm's task/cgroup enforces --mem=200M; a command that takes 400M is killed by the
+    kernel. rbox says which limit it was, exits with 137 (srun itself then reports the step
+    as Out Of Memory, status 1, as it does without rbox). The control: a command within
+    the limit, and rbox says nothing."""
+    hog = f"{shlex.quote(sys.executable)} -c 'b = bytes(1) * (400 << 20)'"
+    r = run(["srun", "--mem=200M", "sh", "-c", f"rbox run -- {hog}; echo rbox=$?"], bindir, workdir)
+    assert "rbox=137" in r.stdout, r.stdout + r.stderr
+    assert ("rbox: the command was killed: the job's memory limit (200M) was reached; ask Slurm for more with --mem"
+            in r.stderr.splitlines()), r.stderr
+    small = f"{shlex.quote(sys.executable)} -c 'b = bytes(1) * (20 << 20)'"
+    fits = run(["srun", "--mem=200M", "sh", "-c", f"rbox run -- {small}; echo rbox=$?"], bindir, workdir)
+    assert (fits.returncode, fits.stdout, fits.stderr) == (0, "rbox=0\n", "")
 
 
 def test_a_warning_once_per_step(bindir: Path) -> None:

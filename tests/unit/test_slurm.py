@@ -4,7 +4,8 @@ The test cluster (tests/slurm) has no cgroup plugin (TaskPlugin=task/none), so w
 one is proven here only: nesting under a delegated job cgroup is cgroups.check's existing
 first case, the refusal when it is not delegated, and the explanation of a kill by the
 job's memory limit for Slurm's cgroup v2 and v1 layouts. The refusal on a node without
-cgroup v2 runs for real in tests/slurm/test_jobs.py."""
+cgroup v2 runs for real in tests/slurm/test_jobs.py, and so does the v1 explanation when
+the cluster is started with task/cgroup (RBOX_SLURM_TASK=cgroup; needs_slurm_memory)."""
 
 from __future__ import annotations
 
