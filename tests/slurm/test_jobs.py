@@ -192,6 +192,14 @@ def test_a_kill_by_the_jobs_memory_limit_is_explained(bindir: Path, workdir: Pat
     assert (fits.returncode, fits.stdout, fits.stderr) == (0, "rbox=0\n", "")
 
 
+def test_rbox_check_names_the_job(bindir: Path, workdir: Path) -> None:
+    r = run(["srun", "rbox", "check"], bindir, workdir)
+    assert r.returncode == 0, r.stdout + r.stderr
+    job = re.search(r"^ok    Slurm job: job (\d+) on \S+: Slurm sets its limits", r.stdout, re.M)
+    assert job, r.stdout
+    assert "systemd user manager" not in r.stdout and "\nwarn  XDG_RUNTIME_DIR" not in r.stdout
+
+
 def test_a_warning_once_per_step(bindir: Path) -> None:
     """The same warning from every rank would be noise: the first rank says it."""
     home = Path.home()
