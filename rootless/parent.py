@@ -46,9 +46,8 @@ class Interrupted(Exception):
 
 
 def run(spec: Spec) -> int:
-    # Once, not again in a scope, and by the first rank of `srun -n 64 rbox ...` only.
-    if spec.cwd_warning and os.environ.get("RBOX_IN_SCOPE") != "1" and first_rank():
-        log.warn(spec.cwd_warning)
+    if spec.cwd_warning and os.environ.get("RBOX_IN_SCOPE") != "1":   # once, not again in a scope
+        warn_once_per_launch(spec.cwd_warning)
     idmap = plan_idmap(spec)
     ops = mounts.optimize(mounts.plan(spec))
     if spec.dry_run:
@@ -59,8 +58,8 @@ def run(spec: Spec) -> int:
         return 0
     state.sweep()                     # what sandboxes killed during setup left (state.py)
     subtree = limits_subtree(spec)    # may re-exec rbox in a systemd scope: before any helper starts
-    job_memory = job_memory_watch()   # None outside a Slurm job
     driver = make_driver(spec)        # host checks for the network helper, before forking
+    job_memory = job_memory_watch()   # None outside a Slurm job
     for line in idmap.describe() if log.debugging() else ():
         log.step(line)
     block(FORWARDED)
@@ -91,11 +90,13 @@ def run(spec: Spec) -> int:
         sandbox.cleanup()
 
 
-def first_rank() -> bool:
-    """False for the second and later ranks of a parallel launch (srun -n, mpirun)."""
+def warn_once_per_launch(text: str) -> None:
+    """A warning every rank of `srun -n 64 rbox ...` (or mpirun) would print alike: the
+    first rank prints it (slurm.py)."""
     from rootless import slurm
 
-    return slurm.first_rank()
+    if slurm.first_rank():
+        log.warn(text)
 
 
 def job_memory_watch() -> slurm.MemoryWatch | None:

@@ -41,8 +41,8 @@ U_COMPLETION = "tests/unit/test_completion.py::"
 SEC = "tests/security/"
 DAILY = "tests/integration/test_daily.py::"
 TDAILY = "tests/integration/test_terminal_daily.py::"
-UNPACK = "tests/unit/test_unpack.py::test_attack_stays_inside"
 SLURM = "tests/slurm/test_jobs.py::"
+UNPACK = "tests/unit/test_unpack.py::test_attack_stays_inside"
 RUN_WORDS = " ".join(name for opt in options_for("run") for name in opt.names)
 
 
