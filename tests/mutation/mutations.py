@@ -386,7 +386,7 @@ MUTATIONS = [
     # --- inside a Slurm job (slurm.py): the job's end is the sandbox's; its cgroup is not left
     M("PID 1 has no death signal: a cancelled job's sandbox lives on (proctrack/pgid misses it)",
       "rootless/init.py", "    sc.set_pdeathsig(signal.SIGKILL)           #", "    #",
-      SLURM + "test_scancel_leaves_nothing"),
+      "tests/slurm/test_scancel.py::test_scancel_leaves_nothing"),
     M("limits inside a job on a node without cgroup v2: the user manager is asked, out of the job",
       "rootless/cgroups.py", "        if job:\n            raise slurm.refusal",
       "        if False:\n            raise slurm.refusal",

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.slurm.jobs import shim_dir, slurm_env
+from tests.slurm.jobs import shim_dir, slurm_env, wait_for_jobs_to_leave
 
 
 @pytest.fixture(scope="session")
@@ -29,8 +29,11 @@ def workdir(tmp_path: Path) -> Path:
 
 @pytest.fixture(autouse=True)
 def no_job_left(bindir: Path):
-    """A test that failed half-way may leave a job of this user running: cancelled, so
-    the next test does not wait for the node (each test asserts its own leftovers)."""
+    """Each test starts on a free node: jobs of an earlier test that are still completing
+    (a cancelled job takes seconds) have left; and a test that failed half-way may leave
+    a job running, which is cancelled after it (each test asserts its own leftovers)."""
+    if shutil.which("squeue"):
+        wait_for_jobs_to_leave(bindir)
     yield
     if shutil.which("scancel"):
         subprocess.run(["scancel", "--me", "--quiet"], env=slurm_env(bindir), capture_output=True, timeout=30)

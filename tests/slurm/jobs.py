@@ -84,14 +84,14 @@ def run(argv: list[str], bindir: Path, cwd: Path, extra: dict[str, str] | None =
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
 
-def wait_for_jobs_to_leave(names: list[str], bindir: Path, timeout: float = 30) -> bool:
-    """Wait until none of this user's jobs named `names` is in the queue: a cancelled job
-    stays COMPLETING for seconds, and Slurm starts nothing on a node while one is."""
+def wait_for_jobs_to_leave(bindir: Path, timeout: float = 30) -> bool:
+    """Wait until this user has no job in the queue (running or completing): a cancelled
+    job stays COMPLETING for seconds, and Slurm starts nothing on a node while one is."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        r = subprocess.run(["squeue", "-h", "--me", "-o", "%j"], env=slurm_env(bindir), capture_output=True,
+        r = subprocess.run(["squeue", "-h", "--me", "-o", "%i"], env=slurm_env(bindir), capture_output=True,
                            text=True, timeout=30)
-        if r.returncode == 0 and not set(r.stdout.split()) & set(names):
+        if r.returncode != 0 or not r.stdout.strip():
             return True
         time.sleep(0.2)
     return False
