@@ -211,8 +211,17 @@ def explain(limits: Limits, memory_events: dict[str, int], pids_events: dict[str
 def check(limits: Limits) -> tuple[str, list[str], bool]:
     """Every check prepare() makes before its first side effect (--dry-run makes only
     these): (our cgroup's directory, the files a delegated cgroup must let us write,
-    whether it is delegated to us already and holds us alone). CgroupError otherwise."""
+    whether it is delegated to us already and holds us alone). CgroupError otherwise.
+
+    Inside a Slurm job only the first case can work: anything else refuses, naming
+    Slurm's options (slurm.py says why rbox never takes a systemd scope there)."""
+    from rootless import slurm
+
+    job = slurm.job_id()
     if not cgroup2_mounted_at(read("/proc/self/mountinfo")):
+        if job:
+            raise slurm.refusal(job, limits, "rbox nests limits only under a job cgroup of cgroup v2, and "
+                                             "/sys/fs/cgroup is not a cgroup2 mount on this node")
         raise CgroupError("resource limits need cgroup v2, and /sys/fs/cgroup is not a cgroup2 mount here",
                           hint="an administrator can boot with systemd.unified_cgroup_hierarchy=1; "
                                "see rbox(1), RESOURCE LIMITS")
@@ -223,6 +232,10 @@ def check(limits: Limits) -> tuple[str, list[str], bool]:
     if is_delegated(base, files) and alone:
         check_controllers(base, limits.controllers())
         return base, files, True
+    if job:
+        why = "is not delegated to you" if not is_delegated(base, files) else "holds other processes too"
+        raise slurm.refusal(job, limits, f"rbox nests limits only under a job cgroup that Slurm delegates to you "
+                                         f"and that holds rbox alone, and this task's cgroup `{base}` {why}")
     if os.environ.get("RBOX_IN_SCOPE") != "1":
         check_user_manager(limits)
     return base, files, False

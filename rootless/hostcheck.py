@@ -235,6 +235,17 @@ def check_cgroup2(mountinfo: str = "/proc/self/mountinfo", pid1: str | None = No
                    FIX["cgroup2"] if pid1 is None else FIX["no_systemd"])
 
 
+def check_slurm_job(environ: dict[str, str]) -> Finding | None:
+    """Inside a Slurm job (slurm.py): limits are Slurm's to set; None outside one."""
+    from rootless import slurm
+
+    job = slurm.job_id(environ)
+    if job is None:
+        return None
+    return Finding("Slurm job", "ok", f"job {job} on {environ.get('SLURMD_NODENAME')}: Slurm sets its limits "
+                   "(srun/sbatch --mem, --cpus-per-task); rbox's own nest only under a job cgroup delegated to you")
+
+
 def check_user_manager(environ: dict[str, str], user: str) -> Finding:
     name = "systemd user manager"
     runtime = environ.get("XDG_RUNTIME_DIR")
@@ -321,12 +332,16 @@ def check_all(environ: dict[str, str]) -> list[Finding]:
                 check_helper("newuidmap", path), check_helper("newgidmap", path), check_no_new_privs(),
                 check_slirp4netns(path), check_pasta(path), check_tun(), check_init_system(pid1),
                 check_cgroup2(pid1=pid1)]
-    if pid1 is None:
-        # Only where systemd runs do a user manager and its delegation mean anything.
+    job = check_slurm_job(environ)
+    if job is not None:
+        findings.append(job)
+    elif pid1 is None:
+        # Only where systemd runs do a user manager and its delegation mean anything (and
+        # not inside a Slurm job, where limits are Slurm's and no session sets anything).
         findings += [check_user_manager(environ, user), check_delegation(uid)]
     from rootless import kernel
 
-    findings.append(check_runtime_dir(environ, pid1))
+    findings.append(check_runtime_dir(environ, pid1 if job is None else pid1 or "slurmstepd"))
     return findings + check_kernel(kernel.release(), kernel.survey(cgroup_child()))
 
 

@@ -31,6 +31,7 @@ TYPE_CHECKING = False  # not `from typing import ...`: typing costs 9 ms at star
 if TYPE_CHECKING:
     import socket
 
+    from rootless import slurm
     from rootless.cgroups import Subtree
     from rootless.instance.supervisor import Instance
     from rootless.net.pasta import PastaDriver
@@ -48,7 +49,7 @@ class Interrupted(Exception):
 def run(spec: Spec, instance: Instance | None = None) -> int:
     """`instance`: a named sandbox's supervisor hooks (rootless/instance/supervisor.py)."""
     if spec.cwd_warning and os.environ.get("RBOX_IN_SCOPE") != "1":   # once, not again in a scope
-        log.warn(spec.cwd_warning)
+        warn_once_per_launch(spec.cwd_warning)
     idmap = plan_idmap(spec)
     ops = mounts.optimize(mounts.plan(spec))
     if spec.dry_run:
@@ -62,6 +63,7 @@ def run(spec: Spec, instance: Instance | None = None) -> int:
     if instance is not None:
         instance.detach()             # -d: only the supervisor returns, and goes on from here
     driver = make_driver(spec)        # host checks for the network helper, before forking
+    job_memory = job_memory_watch()   # None outside a Slurm job
     for line in idmap.describe() if log.debugging() else ():
         log.step(line)
     block(FORWARDED)
@@ -84,11 +86,34 @@ def run(spec: Spec, instance: Instance | None = None) -> int:
     sandbox = Sandbox(spec, pid, parent_end, sigfd, parent_sock, driver, subtree, instance)
     try:
         sandbox.setup(idmap)
-        return sandbox.wait()
+        code = sandbox.wait()
+        for line in job_memory.report(code) if job_memory is not None and not sandbox.reported else ():
+            log.say(line)
+        return code
     except Interrupted as e:
         return 128 + e.signo
     finally:
         sandbox.cleanup()
+
+
+def warn_once_per_launch(text: str) -> None:
+    """A warning every rank of `srun -n 64 rbox ...` (or mpirun) would print alike: the
+    first rank prints it (slurm.py)."""
+    from rootless import slurm
+
+    if slurm.first_rank():
+        log.warn(text)
+
+
+def job_memory_watch() -> slurm.MemoryWatch | None:
+    """Inside a Slurm job: its memory limit and OOM kill count, to explain a kill by it
+    (slurm.py). Outside one, one environment lookup and nothing imported."""
+    if "SLURMD_NODENAME" not in os.environ:
+        return None
+    from rootless import slurm
+
+    job = slurm.job_id()
+    return slurm.memory_watch(job) if job else None
 
 
 def dry_checks(spec: Spec) -> None:
@@ -165,6 +190,7 @@ class Sandbox:
         self.status: int | None = None
         self.hangup_at: float | None = None
         self.helper_gone = False
+        self.reported = False     # the limits' report said something (then a Slurm job's says nothing)
 
     def setup(self, idmap: userns.IdMapPlan) -> None:
         """Steps 1-5 of the protocol: on return the command is running.
@@ -256,6 +282,7 @@ class Sandbox:
         if self.subtree is not None and self.spec.limits is not None:
             for line in self.subtree.report(self.spec.limits):
                 log.say(line)
+                self.reported = True
         return waitstatus_to_code(status)
 
     def _stop_with_the_command(self) -> None:

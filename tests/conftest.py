@@ -37,7 +37,9 @@ def pytest_configure(config: pytest.Config) -> None:
 PROBES = ("userns", "subuid", "slirp4netns", "pasta", "dns_stub", "vm", "vm_broken", "tmux", "install", "nosubid",
           "tiocsti", "zsh", "iproute2", "unprivileged", "two_users", "suppgroup", "keyrings",
           # Kernel facilities newer than rbox's floor (4.18): absent under tests/oldkernel's filter.
-          "pidfd", "old_kernel", "mount_api")
+          "pidfd", "old_kernel", "mount_api",
+          # A Slurm cluster this user can run jobs on (tests/slurm/cluster), Open MPI's tools.
+          "slurm", "slurm_memory", "mpi")
 
 
 @functools.cache
@@ -158,6 +160,21 @@ def probe(name: str) -> str | None:
         except FileNotFoundError:
             allowed = True     # before 6.2: always allowed
         return None if allowed else "this kernel refuses TIOCSTI to everyone (dev.tty.legacy_tiocsti=0)"
+    if name == "slurm":
+        from tests.slurm.jobs import cluster_problem
+
+        return cluster_problem()
+    if name == "slurm_memory":
+        from tests.slurm.jobs import memory_limit_problem
+
+        return memory_limit_problem()
+    if name == "mpi":
+        import shutil
+
+        missing = [tool for tool in ("mpicc", "mpirun") if not shutil.which(tool)]
+        if missing:
+            return f"{' and '.join(missing)} not installed (Debian packages openmpi-bin libopenmpi-dev)"
+        return None
     if name == "unprivileged":
         return None if os.geteuid() != 0 else "running as root: permission checks pass for every file"
     raise ValueError(name)

@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import os
 import re
+import shlex
+import shutil
 import signal
 import socket
 import subprocess
@@ -24,19 +26,23 @@ from pathlib import Path
 import pytest
 
 from tests.integration.helpers import rbox_env
+from tests.integration.terminal import Terminal
+from tests.slurm.jobs import slurm_conf
 
 MAN = Path(__file__).resolve().parents[2] / "man" / "rbox.1"
 
 
 def examples() -> list[str]:
+    """The example lines of EXAMPLES and of SLURM AND MPI's examples (after `Examples:`)."""
     text = MAN.read_text()
     section = text.split("\n.SH EXAMPLES\n", 1)[1].split("\n.SH ", 1)[0]
+    section += "\n" + text.split("\n.SH SLURM AND MPI\n", 1)[1].split("\n.SH ", 1)[0].split("\nExamples:\n", 1)[1]
     found = re.findall(r"^\.TP\n\.B (.+)$", section, re.M)
     return [line.replace("\\-", "-").replace("\\e", "\\") for line in found]
 
 
 def run_example(line: str, workdir: Path, bindir: Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    env = rbox_env({"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}"})
+    env = rbox_env({"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}", "SLURM_CONF": slurm_conf()})
     return subprocess.run(["bash", "-c", line], cwd=workdir, env=env, capture_output=True, text=True,
                           timeout=timeout, stdin=subprocess.DEVNULL)
 
@@ -138,6 +144,67 @@ def check_untrusted_hide(r: subprocess.CompletedProcess[str], workdir: Path) -> 
     assert r.stdout.splitlines()[2] == "0"     # ~/.ssh is empty inside (it has a file outside)
 
 
+def check_batch_build(r: subprocess.CompletedProcess[str], workdir: Path) -> None:
+    """sbatch returns at once: the job builds meanwhile, its output in slurm-ID.out."""
+    assert r.returncode == 0 and r.stdout.startswith("Submitted batch job "), r.stderr
+    job = r.stdout.split()[-1]
+    env = dict(os.environ, SLURM_CONF=slurm_conf())
+
+    def done() -> bool:
+        queue = subprocess.run(["squeue", "-h", "-j", job], env=env, capture_output=True, text=True, timeout=30)
+        # Gone from the queue; after MinJobAge squeue forgets it altogether.
+        return (queue.returncode == 0 and not queue.stdout.strip()) or "Invalid job id" in queue.stderr
+
+    assert wait_for(done)
+    check_build(subprocess.CompletedProcess(r.args, 0, "", ""), workdir)
+    assert "rbox:" not in (workdir / f"slurm-{job}.out").read_text()
+
+
+def wait_for(predicate: Callable[[], bool], timeout: float = 30) -> bool:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def check_pty_shell(r: subprocess.CompletedProcess[str], workdir: Path, bindir: Path) -> None:
+    """Without a terminal srun ignores --pty and the shell reads end-of-file; in a real
+    terminal (tmux) it is a shell with a prompt whose exit status comes back."""
+    assert r.returncode == 0, r.stderr
+    term = Terminal(str(workdir))
+    try:
+        env = rbox_env({"PATH": f"{bindir}:{os.environ.get('PATH', '/usr/bin:/bin')}", "SLURM_CONF": slurm_conf()})
+        term.line(" ".join(f"export {k}={shlex.quote(env[k])};" for k in ("PATH", "PYTHONPATH", "SLURM_CONF")))
+        term.line("srun --pty rbox sh")
+        term.line("echo sandbox=$RBOX_SANDBOX $((6*7))")
+        term.wait_for(r"^sandbox=1 42\n.*[$#]$")
+        term.line("exit 3")
+        term.wait_for(r"^outer\$$")
+        term.line("echo rc=$((0+$?))")
+        assert term.wait_for(r"^rc=(\d+)$").group(1) == "3"
+    finally:
+        term.close()
+
+
+MPI_SOURCE = Path(__file__).resolve().parents[1] / "slurm" / "mpi_hello.c"
+
+
+def make_mpi(workdir: Path) -> None:
+    shutil.copy(MPI_SOURCE, workdir / "mpi_hello.c")
+    r = subprocess.run(["mpicc", "-O2", "-o", "mpi_hello", "mpi_hello.c"], cwd=workdir, capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def check_mpi(r: subprocess.CompletedProcess[str], workdir: Path) -> None:
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = sorted(line.split(" pid ")[0] + " " + line.split(" pingpong ")[1].split()[0]
+                   for line in r.stdout.splitlines() if line.startswith("rank "))
+    assert lines == ["rank 0 of 2 ok", "rank 1 of 2 ok"], r.stdout
+
+
 CASES: dict[str, tuple[list[str], Callable[..., None] | None, Callable[..., None]]] = {
     # example: (markers, setup(workdir[, bindir]), check(result, workdir))
     "rbox run -- make -j8": ([], make_build, check_build),
@@ -147,6 +214,14 @@ CASES: dict[str, tuple[list[str], Callable[..., None] | None, Callable[..., None
     "rbox sh -l -c 'echo $PATH'": ([], None, check_login_path),
     "rbox run --home=tmpfs -- ./untrusted </dev/null": ([], make_untrusted, check_untrusted_tmpfs),
     "rbox run --hide ~/.ssh -- ./untrusted": ([], make_untrusted, check_untrusted_hide),
+    # SLURM AND MPI, on the test cluster (tests/slurm/cluster).
+    "srun --mem=2G --cpus-per-task=2 rbox run -- make -j2": (["needs_slurm"], make_build, check_build),
+    "sbatch --wrap 'rbox run -- make -j8'": (["needs_slurm"], make_build, check_batch_build),
+    "srun --pty rbox sh": (["needs_slurm", "needs_tmux"], None, check_pty_shell),
+    "OMPI_MCA_btl=self,tcp srun -n2 --mpi=pmix sh -c 'exec rbox run --net=host --bind $PMIX_SERVER_TMPDIR -- "
+    "./mpi_hello'": (["needs_slurm", "needs_mpi"], make_mpi, check_mpi),
+    "OMPI_MCA_btl=self,tcp mpirun -n 2 sh -c 'exec rbox run --net=host --bind $PMIX_SERVER_TMPDIR -- ./mpi_hello'":
+        (["needs_mpi"], make_mpi, check_mpi),
 }
 PUBLISHED = "rbox run -p 8888:8888 -- jupyter lab --ip=0.0.0.0"
 
@@ -169,6 +244,9 @@ def test_example_works(line: str, workdir: Path, bindir: Path, request: pytest.F
         make_unpacked(workdir, bindir)
     elif setup is not None:
         setup(workdir)
+    if check is check_pty_shell:
+        check_pty_shell(run_example(line, workdir, bindir), workdir, bindir)
+        return
     check(run_example(line, workdir, bindir), workdir)
 
 

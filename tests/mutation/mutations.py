@@ -46,6 +46,7 @@ U_COMPLETION = "tests/unit/test_completion.py::"
 SEC = "tests/security/"
 DAILY = "tests/integration/test_daily.py::"
 TDAILY = "tests/integration/test_terminal_daily.py::"
+SLURM = "tests/slurm/test_jobs.py::"
 UNPACK = "tests/unit/test_unpack.py::test_attack_stays_inside"
 EXEC = "tests/integration/test_exec.py::"
 SEC_EXEC = SEC + "test_exec.py::"
@@ -433,4 +434,16 @@ MUTATIONS = [
     M("an image's directories bound writable: the command changes the stored image",
       "rootless/mounts.py", "        make_readonly(target, oldroot)", "        pass",
       "tests/integration/test_image_run.py::test_the_image_is_read_only_and_unchanged"),
+
+    # --- inside a Slurm job (slurm.py): the job's end is the sandbox's; its cgroup is not left
+    M("PID 1 has no death signal: a cancelled job's sandbox lives on (proctrack/pgid misses it)",
+      "rootless/init.py", "    sc.set_pdeathsig(signal.SIGKILL)           #", "    #",
+      "tests/slurm/test_scancel.py::test_scancel_leaves_nothing"),
+    M("limits inside a job on a node without cgroup v2: the user manager is asked, out of the job",
+      "rootless/cgroups.py", "        if job:\n            raise slurm.refusal",
+      "        if False:\n            raise slurm.refusal",
+      SLURM + "test_limits_are_refused_with_slurms_options"),
+    M("limits inside a job whose cgroup is not delegated: a systemd scope takes the sandbox out of the job",
+      "rootless/cgroups.py", "    if job:\n        why =", "    if False:\n        why =",
+      "tests/unit/test_slurm.py::test_a_job_cgroup_that_is_not_delegated_is_refused"),
 ]

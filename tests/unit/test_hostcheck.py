@@ -248,3 +248,31 @@ def test_no_systemd_gives_no_systemd_fixes(fs) -> None:
     assert f.status == "warn" and "`tini`" in f.detail
     fs.create_dir("/run/systemd/system")
     assert hc.init_system() is None
+
+
+def test_inside_a_slurm_job_limits_are_slurms(fs, monkeypatch) -> None:
+    """A job's task has no session: on a systemd host, no user-manager or delegation
+    finding (their fixes are about logging in), and no warning for a missing
+    XDG_RUNTIME_DIR; the job is named instead. Outside a job, the same host gets them."""
+    for name in ("check_userns_sysctls", "check_userns_works", "check_no_new_privs", "check_tun"):
+        monkeypatch.setattr(hc, name, lambda *a, **k: hc.Finding("x", "ok", ""))
+    for name in ("check_subids", "check_helper", "check_slirp4netns", "check_pasta", "check_cgroup2",
+                 "check_user_manager", "check_delegation"):
+        monkeypatch.setattr(hc, name, lambda *a, name=name, **k: hc.Finding(name, "warn", "", "fix"))
+    monkeypatch.setattr(hc, "check_kernel", lambda *a: [])
+    monkeypatch.setattr(hc, "cgroup_child", lambda: None)
+    from rootless import kernel
+
+    monkeypatch.setattr(kernel, "survey", lambda *a: {})
+    monkeypatch.setattr(hc, "init_system", lambda: None)              # systemd is PID 1
+    job = {"SLURM_JOB_ID": "42", "SLURMD_NODENAME": "node1", "PATH": "/usr/bin"}
+    inside = {f.name: f for f in hc.check_all(job)}
+    assert inside["Slurm job"].status == "ok"
+    assert inside["Slurm job"].detail.startswith("job 42 on node1: Slurm sets its limits (srun/sbatch --mem, "
+                                                 "--cpus-per-task)")
+    assert "check_user_manager" not in inside and "check_delegation" not in inside
+    assert inside["XDG_RUNTIME_DIR"].status == "ok"
+    # salloc's shell on the login node is not in the job: the login node's findings.
+    outside = {f.name: f for f in hc.check_all({"SLURM_JOB_ID": "42", "PATH": "/usr/bin"})}
+    assert "Slurm job" not in outside and "check_user_manager" in outside
+    assert outside["XDG_RUNTIME_DIR"].status == "warn"

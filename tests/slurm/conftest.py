@@ -1,0 +1,39 @@
+"""Fixtures of the Slurm tests.
+
+Runs in: the test runner."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.slurm.jobs import shim_dir, slurm_env, wait_for_jobs_to_leave
+
+
+@pytest.fixture(scope="session")
+def bindir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`rbox` for the tasks' PATH (this checkout)."""
+    return shim_dir(tmp_path_factory.mktemp("slurm-bin"))
+
+
+@pytest.fixture
+def workdir(tmp_path: Path) -> Path:
+    """A project directory: the job's working directory, bound read-write in the sandbox."""
+    d = tmp_path / "project"
+    d.mkdir()
+    return d
+
+
+@pytest.fixture(autouse=True)
+def no_job_left(bindir: Path):
+    """Each test starts on a free node: jobs of an earlier test that are still completing
+    (a cancelled job takes seconds) have left; and a test that failed half-way may leave
+    a job running, which is cancelled after it (each test asserts its own leftovers)."""
+    if shutil.which("squeue"):
+        wait_for_jobs_to_leave(bindir)
+    yield
+    if shutil.which("scancel"):
+        subprocess.run(["scancel", "--me", "--quiet"], env=slurm_env(bindir), capture_output=True, timeout=30)
