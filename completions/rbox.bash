@@ -17,8 +17,10 @@ _rbox() {
         --ro-bind-try) COMPREPLY=($(compgen -f -- "$cur")); return;;
         --tmpfs) COMPREPLY=($(compgen -f -- "$cur")); return;;
         --hide) COMPREPLY=($(compgen -f -- "$cur")); return;;
+        --overlay) COMPREPLY=($(compgen -f -- "$cur")); return;;
         --rootfs) COMPREPLY=($(compgen -f -- "$cur")); return;;
-        --image) return;;
+        --image) COMPREPLY=($(compgen -f -- "$cur")); return;;
+        --persist) COMPREPLY=($(compgen -f -- "$cur")); return;;
         --home) COMPREPLY=($(compgen -W "ro rw tmpfs" -- "$cur")); return;;
         -w|--workdir) COMPREPLY=($(compgen -f -- "$cur")); return;;
         --hostname) return;;
@@ -37,8 +39,8 @@ _rbox() {
     esac
     case "$cmd" in
         "") COMPREPLY=($(compgen -W "run sh check unshare image -h --help --version --debug" -- "$cur"));;
-        run) COMPREPLY=($(compgen -W "--root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --bind-try --ro-bind-try --tmpfs --hide --rootfs --image --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight --pass-fd -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
-        sh) COMPREPLY=($(compgen -W "-l --login -c --root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --bind-try --ro-bind-try --tmpfs --hide --rootfs --image --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight --pass-fd -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
+        run) COMPREPLY=($(compgen -W "--root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --bind-try --ro-bind-try --tmpfs --hide --overlay --rootfs --image --read-only --persist --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight --pass-fd -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
+        sh) COMPREPLY=($(compgen -W "-l --login -c --root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --bind-try --ro-bind-try --tmpfs --hide --overlay --rootfs --image --read-only --persist --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight --pass-fd -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
         check|image) COMPREPLY=($(compgen -W "--json --debug -h --help" -- "$cur"));;
         unshare) COMPREPLY=($(compgen -W "--debug -h --help" -- "$cur"));;
     esac

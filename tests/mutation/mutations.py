@@ -377,8 +377,8 @@ MUTATIONS = [
       "tests/integration/test_image.py::test_store_on_a_network_file_system_is_refused"),
     M("an image's tmpfs underlay stays writable: the command writes in the image's `/`",
       "rootless/rootfs.py", "    seal_image()            # an image", "    pass            # an image",
-      "tests/integration/test_image_run.py::test_the_image_is_read_only_and_unchanged"),
+      "tests/integration/test_image_run.py::test_read_only_keeps_the_image_read_only_and_unchanged"),
     M("an image's directories bound writable: the command changes the stored image",
       "rootless/mounts.py", "        make_readonly(target, oldroot)", "        pass",
-      "tests/integration/test_image_run.py::test_the_image_is_read_only_and_unchanged"),
+      "tests/integration/test_image_run.py::test_read_only_keeps_the_image_read_only_and_unchanged"),
 ]
