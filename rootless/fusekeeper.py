@@ -34,9 +34,12 @@ sandbox's PID namespace at all:
 
 Only the daemon and nobody else holds a descriptor of a connection once it runs, so a
 daemon that dies aborts its mount (ENOTCONN), never hangs it. The keeper notices, says
-so, and ends the sandbox (a file system gone under a running command helps nobody).
-When init is gone (EOF on the pipe), the keeper kills its daemons, reaps them and exits;
-stage-1 waits for that, so rbox returns with nothing left.
+so, and exits; so does its lifeline, a pipe whose write end only the keeper holds: its
+read end in stage-1 raises SIGIO at the keeper's end however it came (fcntl(2),
+O_ASYNC), and stage-1 ends the sandbox (a file system gone under a running command
+helps nobody). When init is gone (EOF on the control pipe), the keeper kills its
+daemons, reaps them and exits; stage-1 waits for that, so rbox returns with nothing
+left.
 """
 
 from __future__ import annotations
@@ -93,25 +96,47 @@ def jobs(found: list[Layer], driver: str) -> list[Job]:
 class Keeper:
     """Stage-1's handle on the keeper."""
 
-    def __init__(self, pid: int):
-        self.pid = pid
+    def __init__(self, pid: int, lifeline: int):
+        self.pid, self.lifeline, self.init_pid = pid, lifeline, 0
 
     def init_forked(self, init_pid: int) -> None:
         """After init is forked: it has its copies; stage-1 drops its own, so that only
-        the daemons hold a connection and only init holds the pipe (EOF: init is gone)."""
-        try:
-            os.write(CONTROL[0], f"pid {init_pid}\n".encode())
-        except OSError:
-            pass         # the keeper is gone; init finds out when it mounts
+        the daemons hold a connection and only init holds the pipe (EOF: init is gone).
+        From now on the keeper's end ends the sandbox."""
         for fd in (*FDS.values(), CONTROL[0]):
             os.close(fd)
         FDS.clear()
         CONTROL[0] = -1
+        self.init_pid = init_pid
+        import fcntl
+
+        signal.signal(signal.SIGIO, self._keeper_gone)
+        fcntl.fcntl(self.lifeline, fcntl.F_SETOWN, os.getpid())
+        fcntl.fcntl(self.lifeline, fcntl.F_SETFL, fcntl.fcntl(self.lifeline, fcntl.F_GETFL) | os.O_ASYNC)
+        self._keeper_gone(signal.SIGIO, None)     # in case it ended before O_ASYNC was set
+
+    def _keeper_gone(self, signo: int, frame: object) -> None:
+        """SIGIO: the lifeline's state changed. When the keeper has ended and init still
+        runs, its file systems are gone: end the sandbox. init is looked at without
+        reaping it (WNOWAIT): only stage-1 reaps it, so the pid cannot name another."""
+        try:
+            if select.select([self.lifeline], [], [], 0)[0] == [] or os.read(self.lifeline, 1) != b"":
+                return
+            if os.waitid(os.P_PID, self.init_pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
+                return                  # init has ended: the keeper's end is the normal one
+            keeper = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+        except (ChildProcessError, OSError):
+            return
+        if keeper is not None and keeper.si_code == os.CLD_KILLED:
+            log.warn(f"rbox's FUSE keeper (pid {self.pid}) was killed by signal {keeper.si_status}: the sandbox's "
+                     "file systems are gone; the sandbox ends")
+        os.kill(self.init_pid, signal.SIGKILL)
 
     def finish(self) -> None:
         """After init exited: the keeper kills and reaps its daemons; wait for it."""
         import time
 
+        signal.signal(signal.SIGIO, signal.SIG_IGN)
         deadline = time.monotonic() + STOP_GRACE
         while time.monotonic() < deadline:
             if os.waitpid(self.pid, os.WNOHANG)[0] == self.pid:
@@ -136,6 +161,7 @@ def start(spec: Spec, found: list[Layer]) -> Keeper | None:
                              hint="an administrator can run `chmod 0666 /dev/fuse` (udev's default on Debian)"
                              ) from None
     control_r, CONTROL[0] = os.pipe()
+    lifeline, keeper_end = os.pipe()
     ours, theirs = sync.channel_pair(child="the FUSE keeper", parent="stage-1")
     stage1 = os.getpid()
     pid = os.fork()
@@ -144,12 +170,14 @@ def start(spec: Spec, found: list[Layer]) -> Keeper | None:
         try:
             ours.close()
             os.close(CONTROL[0])
-            code = _keeper(spec, found, todo, control_r, theirs, stage1)
+            os.close(lifeline)
+            code = _keeper(spec, found, todo, control_r, theirs, stage1, keeper_end)
         except BaseException as e:  # noqa: BLE001 - a forked child must never return
             log.write_raw(f"rbox: error: the FUSE keeper: {type(e).__name__}: {e}\n")
         finally:
             os._exit(code)
     os.close(control_r)
+    os.close(keeper_end)
     theirs.close()
     try:
         ours.expect("READY", timeout=30.0)
@@ -159,7 +187,7 @@ def start(spec: Spec, found: list[Layer]) -> Keeper | None:
         if not job.by_init:         # the keeper's own mount: its daemon alone holds it now
             os.close(FDS.pop(job.name))
     log.step(f"FUSE keeper: host pid {pid}, outside the sandbox's PID namespace")
-    return Keeper(pid)
+    return Keeper(pid, lifeline)
 
 
 # --- init -----------------------------------------------------------------------------
@@ -202,13 +230,14 @@ def _tell(line: str, what: str) -> None:
 
 # --- the keeper ---------------------------------------------------------------------------
 
-def _keeper(spec: Spec, found: list[Layer], todo: list[Job], control: int, chan: sync.Channel, stage1: int) -> int:
+def _keeper(spec: Spec, found: list[Layer], todo: list[Job], control: int, chan: sync.Channel, stage1: int,
+            lifeline: int) -> int:
     log.set_role("fuse")
     sc.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != stage1:
         return 1
     os.setsid()                # no terminal: Ctrl-C is for the command, not the file systems
-    keep = {0, 1, 2, control, chan.rfd, chan.wfd, *FDS.values()}
+    keep = {0, 1, 2, control, chan.rfd, chan.wfd, lifeline, *FDS.values()}
     for name in os.listdir("/proc/self/fd"):
         if int(name) not in keep:
             try:
@@ -276,7 +305,6 @@ class _Daemons:
     def __init__(self, spec: Spec, dirs: dict[int, str]):
         self.spec, self.dirs = spec, dirs
         self.running: dict[int, tuple[Job, int]] = {}      # pid -> (job, its output memfd)
-        self.init_pid = 0
         self.built = False
         self.stopping = False
 
@@ -316,8 +344,9 @@ class _Daemons:
         log.step(f"{job.tool} for {job.layer.what}: host pid {pid}: {' '.join(argv)}")
 
     def serve(self, control: int, by_name: dict[str, Job]) -> int:
-        """Start daemons as init asks; report and end the sandbox when one dies; stop
-        them all when init is gone."""
+        """Start daemons as init asks; when one dies, say so, and once the sandbox is
+        built, exit (stage-1 then ends it: Keeper._keeper_gone); stop them all when init
+        is gone."""
         signal.pthread_sigmask(signal.SIG_BLOCK, (signal.SIGCHLD,))
         from rootless.signals import signalfd
 
@@ -338,13 +367,12 @@ class _Daemons:
                     self.order(line.decode(errors="replace"), by_name)
             if children in ready:
                 os.read(children, 128)
-                self.reap()
+                if self.reap() and self.built:
+                    return self.stop(1)
 
     def order(self, line: str, by_name: dict[str, Job]) -> None:
         word, _, arg = line.partition(" ")
-        if word == "pid" and arg.isdigit():
-            self.init_pid = int(arg)
-        elif word == "built":
+        if word == "built":
             self.built = True
         elif word == "start" and arg in by_name:
             try:
@@ -353,31 +381,30 @@ class _Daemons:
                 # init's wait for the daemon fails then (ENOTCONN) and says so.
                 log.warn(f"cannot start {by_name[arg].tool}: {e.strerror}")
 
-    def reap(self) -> None:
+    def reap(self) -> bool:
+        """Reap the daemons that ended; whether one ended on its own (said so)."""
+        died = False
         while self.running:
             try:
                 pid, status = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
-                return
+                break
             if pid == 0:
-                return
+                break
             job, output = self.running.pop(pid, (None, -1))
             if job is None:
                 continue
-            if not self.stopping and status != 0:
+            if not self.stopping:
+                died = True
                 how = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
                        else f"exit status {os.waitstatus_to_exitcode(status)}")
                 said = _tail(output)
-                end = "; the sandbox ends" if self.built and self.init_pid else ""
+                end = "; the sandbox ends" if self.built else ""
                 log.warn(f"{job.tool} for {job.layer.what} ended ({how}){': ' + said if said else ''}{end}")
-                if end:
-                    try:
-                        os.kill(self.init_pid, signal.SIGKILL)
-                    except ProcessLookupError:
-                        pass
             os.close(output)
+        return died
 
-    def stop(self) -> int:
+    def stop(self, code: int = 0) -> int:
         self.stopping = True
         for pid in self.running:
             try:
@@ -387,7 +414,7 @@ class _Daemons:
         while self.running:
             pid, _ = os.waitpid(-1, 0)
             self.running.pop(pid, None)
-        return 0
+        return code
 
 
 def _exec_daemon(argv: list[str], fd: int, output: int, keeper: int) -> None:

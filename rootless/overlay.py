@@ -204,12 +204,16 @@ def is_squashfs(path: str) -> bool:
 
 # --- parent: the directories writes are kept in ------------------------------------------
 
-def check_keep(path: str, option: str, lowers: list[str]) -> str:
-    """A --persist DIR or --overlay UPPER, resolved: refused on a network file system and
-    when it overlaps a lower layer (its writes would change what lies under it)."""
-    full = os.path.realpath(path)
+def check_keep(typed: str, path: str, option: str, lowers: list[str]) -> str:
+    """A --persist DIR or --overlay UPPER, resolved: refused on a network file system,
+    when it overlaps a lower layer (its writes would change what lies under it), and when
+    it is someone else's (they could read the writes, or swap its parts for links)."""
+    full, path = os.path.realpath(path), typed
     if os.path.lexists(full) and not os.path.isdir(full):
         raise SpecError(f"{option} `{path}` is not a directory", hint=f"give {option} a directory (made if missing)")
+    if os.path.isdir(full) and os.stat(full).st_uid != os.getuid():
+        raise SpecError(f"{option} `{path}` belongs to another user",
+                        hint=f"give {option} a directory of your own (made if missing, mode 0700)")
     existing = full
     while not os.path.exists(existing):
         existing = os.path.dirname(existing)

@@ -220,7 +220,8 @@ def _image_mode(v: dict[str, object], rootfs: str | None, cwd: str) -> tuple[str
         return "discard", None
     from rootless import overlay
 
-    return "persist", overlay.check_keep(_absolute(str(persist), cwd, "--persist"), "--persist", [rootfs])
+    return "persist", overlay.check_keep(str(persist), _absolute(str(persist), cwd, "--persist"), "--persist",
+                                         [rootfs])
 
 
 def _strings(value: object) -> list[str]:
@@ -558,8 +559,8 @@ def _overlay_mount(value: str, cwd: str, view: View) -> UserMount:
     if sep:
         from rootless import overlay
 
-        upper = overlay.check_keep(_absolute(upper_text, cwd, "--overlay SRC:UPPER"), f"the UPPER of --overlay "
-                                   f"{src_text}", [src])
+        upper = overlay.check_keep(upper_text, _absolute(upper_text, cwd, "--overlay SRC:UPPER"),
+                                   f"the UPPER of --overlay {src_text}", [src])
     return UserMount(kind, src, dst, None if (src, dst) == (typed, typed) else f"{kind} {value}", upper)
 
 
