@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import select
-import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -141,29 +140,49 @@ def test_fuse_daemons_are_out_of_the_commands_reach(driver: str, tree: Path, tmp
         assert result.split(":", 1)[1] == "kill=ESRCH,ptrace=ESRCH,mem=ENOENT", results
 
 
-@pytest.fixture
-def secret_tree(tree: Path) -> Path:
-    """The tree with /secret (mode 0600) owned by uid 5 of `rbox unshare` (a subordinate
-    id of the test user's, who therefore cannot read it on the host either)."""
+@pytest.fixture(params=["dir", pytest.param("sqfs", marks=pytest.mark.needs_squashfuse)])
+def secret_image(request, tree: Path, tmp_path: Path) -> list[str]:
+    """The image with /secret (mode 0600) of uid 5: a directory tree (the owner set
+    through `rbox unshare`: a subordinate id of the test user's, who cannot read it on
+    the host either), or a SquashFS file (fuse-overlayfs over squashfuse has no ACLs, so
+    only rbox's mount option makes the kernel check permissions there)."""
+    if request.param == "sqfs":
+        image = tmp_path / "image.sqfs"
+        subprocess.run(["mksquashfs", str(tree), str(image), "-quiet", "-noappend", "-no-progress", "-p",
+                        "secret f 600 5 5 echo only uid 5"], check=True, capture_output=True, timeout=60)
+        return ["--image", str(image)]
     secret = tree / "secret"
     secret.write_text("only uid 5\n")
     secret.chmod(0o600)
     r = run_rbox("unshare", "--", "chown", "5:5", str(secret))
     assert r.returncode == 0, r.stderr
-    return tree
+    return ["--rootfs", str(tree)]
 
 
 @pytest.mark.parametrize("driver", DRIVERS)
 @pytest.mark.needs_subuid
-def test_the_overlay_checks_the_commands_own_permissions(driver: str, secret_tree: Path, tmp_path: Path) -> None:
+def test_the_overlay_checks_the_commands_own_permissions(driver: str, secret_image: list[str], tmp_path: Path) -> None:
     """The FUSE daemon runs with capabilities over the layers (CAP_DAC_OVERRIDE among
-    them); its mount must not lend them: without --root, the command reads no file its
-    own ids may not. The control: with --root (root inside over these ids) it reads it."""
+    them); its mount must not lend them (default_permissions): without --root, the
+    command reads and writes no file its own ids may not. The control: with --root (root
+    inside over these ids) it reads it."""
     script = "cat /secret; echo x > /secret"
-    r = run_rbox("run", "--net=none", "--rootfs", str(secret_tree), "--", "/bin/sh", "-c", script, cwd=tmp_path,
+    r = run_rbox("run", "--net=none", *secret_image, "--", "/bin/sh", "-c", script, cwd=tmp_path,
                  env={"RBOX_OVERLAY": driver})
     assert r.stdout == "" and r.stderr.count("Permission denied") == 2, r.stdout + r.stderr
-    r = run_rbox("run", "--root", "--net=none", "--rootfs", str(secret_tree), "--", "/bin/sh", "-c", script,
-                 cwd=tmp_path, env={"RBOX_OVERLAY": driver})
+    r = run_rbox("run", "--root", "--net=none", *secret_image, "--", "/bin/sh", "-c", script, cwd=tmp_path,
+                 env={"RBOX_OVERLAY": driver})
     assert (r.returncode, r.stdout) == (0, "only uid 5\n"), r.stderr
-    shutil.rmtree(secret_tree)
+
+
+def test_an_overlay_above_the_current_directory_wins_over_its_bind(tmp_path: Path) -> None:
+    """The current directory is bound read-write, unless an --overlay at or above it
+    covers it: then the command's writes there are the overlay's, and the host's
+    directory stays as it was. The control: without the overlay they reach it."""
+    project = tmp_path / "src" / "project"
+    project.mkdir(parents=True)
+    (project / "file").write_text("original\n")
+    for options, after in ((["--overlay", str(tmp_path / "src")], "original\n"), ([], "changed\n")):
+        r = run_rbox("run", "--net=none", *options, "--", "sh", "-c", "echo changed > file; cat file", cwd=project)
+        assert (r.returncode, r.stdout) == (0, "changed\n"), r.stderr
+        assert (project / "file").read_text() == after, options
