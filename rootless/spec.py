@@ -28,6 +28,7 @@ from rootless.paths import FRESH, HIDDEN, RO, RW, SANDBOX_OWN, View, inside
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from rootless.cgroups import Limits
+    from rootless.image.store import Store
 
 HOSTNAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.")
 
@@ -156,10 +157,10 @@ def _image_root(v: dict[str, object], environ: dict[str, str], cwd: str
     if image is not None and _names_a_file(str(image), cwd):
         return _squashfs_file(str(image), cwd), True, {}
     if image is not None:
-        from rootless.image import command, store
+        from rootless.image import store
 
         the_store = store.Store.open(environ)
-        meta = command.load(the_store, str(image))
+        meta = _image_meta(the_store, str(image))
         config = meta.get("config")
         return (os.path.join(the_store.image_dir(str(image)), "rootfs"), False,
                 config if isinstance(config, dict) else {})
@@ -172,6 +173,20 @@ def _image_root(v: dict[str, object], environ: dict[str, str], cwd: str
     if path == "/":
         raise SpecError("--rootfs / is the host's root, which rbox shows anyway", hint="leave out --rootfs")
     return path, False, {}
+
+
+def _image_meta(the_store: Store, name: str) -> dict[str, object]:
+    """image.json of image `name`, as `rbox image inspect` reads it (command.load), without
+    loading the import's modules (tarfile, hashlib: 9 ms) on the run's start-up path."""
+    import json
+
+    try:
+        with open(os.path.join(the_store.image_dir(name), "image.json")) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise SpecError(f"no image `{name}` in {the_store.path}", hint="`rbox image ls` lists them; "
+                        "`rbox image import SOURCE NAME` makes one") from None
+    return meta if isinstance(meta, dict) else {}
 
 
 SQUASHFS_SUFFIXES = (".sqfs", ".squashfs")
