@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import RBOX, children, descendants, live_processes, rbox_env, run_rbox
+from tests.integration.helpers import RBOX, children, descendants, kill_all, live_processes, rbox_env, run_rbox
 from tests.integration.test_overlay import busybox_tree
 from tests.robustness.leftovers import Snapshot, wait_clean
 
@@ -51,6 +51,7 @@ def test_a_normal_end_leaves_nothing_behind(sqfs: Path, tmp_path: Path) -> None:
 @pytest.mark.parametrize("victim", ["rbox", "stage-1", "keeper", "fuse-overlayfs", "squashfuse"])
 def test_kill_9_of_any_of_its_processes_leaves_nothing(victim: str, sqfs: Path, tmp_path: Path) -> None:
     before = Snapshot([])
+    daemons: dict[str, int] = {}
     proc = subprocess.Popen([*RBOX, "run", "--net=none", "--image", str(sqfs), "--", "/bin/sh", "-c",
                              "echo up; exec sleep 60"], cwd=tmp_path, env=rbox_env({"RBOX_OVERLAY": "fuse"}),
                             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -69,6 +70,8 @@ def test_kill_9_of_any_of_its_processes_leaves_nothing(victim: str, sqfs: Path, 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        left = wait_clean(before)
+        kill_all(set(daemons.values()))       # a failing check must not leave them to the next test
     if victim in DAEMONS:
         # The sandbox ends, and says why.
         assert proc.returncode == 128 + signal.SIGKILL
@@ -76,4 +79,4 @@ def test_kill_9_of_any_of_its_processes_leaves_nothing(victim: str, sqfs: Path, 
     elif victim == "keeper":
         assert proc.returncode == 128 + signal.SIGKILL
         assert f"rbox: warning: rbox's FUSE keeper (pid {keeper}) was killed by signal 9" in err, err
-    assert not wait_clean(before)
+    assert not left
