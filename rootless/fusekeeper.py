@@ -124,7 +124,8 @@ class Keeper:
                 return
             if os.waitid(os.P_PID, self.init_pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is not None:
                 return                  # init has ended: the keeper's end is the normal one
-            keeper = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT)
+            # Its descriptors close before it is a zombie: wait the moment for that.
+            keeper = os.waitid(os.P_PID, self.pid, os.WEXITED | os.WNOWAIT)
         except (ChildProcessError, OSError):
             return
         if keeper is not None and keeper.si_code == os.CLD_KILLED:
@@ -357,6 +358,10 @@ class _Daemons:
         pending = b""
         while True:
             ready = dict(poller.poll())
+            if children in ready:       # first: a daemon that died says so, even as init ends
+                os.read(children, 128)
+                if self.reap() and self.built:
+                    return self.stop(1)
             if control in ready:
                 chunk = os.read(control, 4096)
                 if not chunk:
@@ -365,10 +370,6 @@ class _Daemons:
                 while b"\n" in pending:
                     line, _, pending = pending.partition(b"\n")
                     self.order(line.decode(errors="replace"), by_name)
-            if children in ready:
-                os.read(children, 128)
-                if self.reap() and self.built:
-                    return self.stop(1)
 
     def order(self, line: str, by_name: dict[str, Job]) -> None:
         word, _, arg = line.partition(" ")
@@ -378,8 +379,11 @@ class _Daemons:
             try:
                 self.start(by_name[arg])
             except OSError as e:
-                # init's wait for the daemon fails then (ENOTCONN) and says so.
-                log.warn(f"cannot start {by_name[arg].tool}: {e.strerror}")
+                log.warn(f"cannot start {by_name[arg].tool} for {by_name[arg].layer.what}: {e.strerror}")
+                if arg in FDS:
+                    # The connection's last descriptor: init's wait for the daemon fails
+                    # at once (ENOTCONN) and says so, instead of waiting for nobody.
+                    os.close(FDS.pop(arg))
 
     def reap(self) -> bool:
         """Reap the daemons that ended; whether one ended on its own (said so)."""
@@ -394,7 +398,7 @@ class _Daemons:
             job, output = self.running.pop(pid, (None, -1))
             if job is None:
                 continue
-            if not self.stopping:
+            if not self.stopping and status != 0:       # 0: its mount went away, as at the end
                 died = True
                 how = (f"killed by signal {os.WTERMSIG(status)}" if os.WIFSIGNALED(status)
                        else f"exit status {os.waitstatus_to_exitcode(status)}")
@@ -405,6 +409,7 @@ class _Daemons:
         return died
 
     def stop(self, code: int = 0) -> int:
+        self.reap()                     # those that died on their own say so first
         self.stopping = True
         for pid in self.running:
             try:

@@ -188,7 +188,8 @@ def test_a_squashfs_image(driver: str, sqfs: Path, tmp_path: Path) -> None:
     assert out.startswith("ID=rbox-busybox\n") and "No such file" in out, out + err
     assert code != 0 and "Read-only file system" in err
     # Unmounted with the sandbox: rbox returns when no squashfuse (nor fuse-overlayfs) is left.
-    assert not [c for c in live_processes().values() if "squashfuse" in c or "fuse-overlayfs" in c]
+    assert not [c for c in live_processes().values()
+                if os.path.basename(c.split(" ")[0]) in ("squashfuse", "fuse-overlayfs")]
 
 
 def test_a_squashfs_image_by_its_relative_name(sqfs: Path) -> None:
@@ -225,3 +226,17 @@ def test_check_names_the_overlay_driver() -> None:
         found = {f["name"]: f for f in json.loads(r.stdout)}[name]
         assert ("use the kernel's overlayfs" in found["detail"]) == uses_kernel, found
         assert ("use fuse-overlayfs" in found["detail"]) == (not uses_kernel), found
+
+
+@pytest.mark.parametrize("driver", DRIVERS)
+@pytest.mark.needs_squashfuse
+def test_a_damaged_squashfs_file_is_reported_not_waited_on(driver: str, tmp_path: Path) -> None:
+    """squashfuse refuses the file and exits: its words come as a warning, the mount's
+    failure as the error (exit 125), at once (no daemon is left holding the mount)."""
+    damaged = tmp_path / "damaged.sqfs"
+    damaged.write_bytes(b"hsqs" + b"0" * 500)
+    r = run_rbox("run", "--image", str(damaged), "--", "/bin/sh", "-c", "true", cwd=tmp_path,
+                 env={"RBOX_OVERLAY": driver}, timeout=20)
+    assert r.returncode == 125, r.stderr
+    assert "rbox: warning: squashfuse for the image ended (exit status 255): Squashfs version" in r.stderr
+    assert "did not start: Transport endpoint is not connected\nhint: " in r.stderr

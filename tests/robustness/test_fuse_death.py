@@ -44,7 +44,7 @@ def test_a_normal_end_leaves_nothing_behind(sqfs: Path, tmp_path: Path) -> None:
                  "echo data > /written; cat /written", cwd=tmp_path, env={"RBOX_OVERLAY": "fuse"})
     assert (r.returncode, r.stdout) == (0, "data\n"), r.stderr
     # At once: rbox waited for its daemons (a zombie reaped late by the host's PID 1 aside).
-    assert not [cmd for cmd in live_processes().values() if any(d in cmd for d in DAEMONS)]
+    assert not [cmd for cmd in live_processes().values() if os.path.basename(cmd.split(" ")[0]) in DAEMONS]
     assert not wait_clean(before)
 
 
