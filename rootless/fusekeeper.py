@@ -64,9 +64,12 @@ CAPABILITIES = (sc.CAP_CHOWN, sc.CAP_DAC_OVERRIDE, sc.CAP_DAC_READ_SEARCH, sc.CA
 STOP_GRACE = 2.0
 
 # Set in stage-1 before the forks, inherited by init: /dev/fuse descriptors by job name,
-# and the write end of the pipe to the keeper.
+# the write end of the pipe to the keeper, and the read end of the keeper's answers (a
+# daemon that ended during setup, after its words were printed).
 FDS: dict[str, int] = {}
 CONTROL = [-1]
+ANSWERS = [-1]
+ANSWER_WAIT = 2.0
 
 
 class Job:
@@ -103,10 +106,10 @@ class Keeper:
         """After init is forked: it has its copies; stage-1 drops its own, so that only
         the daemons hold a connection and only init holds the pipe (EOF: init is gone).
         From now on the keeper's end ends the sandbox."""
-        for fd in (*FDS.values(), CONTROL[0]):
+        for fd in (*FDS.values(), CONTROL[0], ANSWERS[0]):
             os.close(fd)
         FDS.clear()
-        CONTROL[0] = -1
+        CONTROL[0] = ANSWERS[0] = -1
         self.init_pid = init_pid
         import fcntl
 
@@ -162,6 +165,7 @@ def start(spec: Spec, found: list[Layer]) -> Keeper | None:
                              hint="an administrator can run `chmod 0666 /dev/fuse` (udev's default on Debian)"
                              ) from None
     control_r, CONTROL[0] = os.pipe()
+    ANSWERS[0], answers_w = os.pipe()
     lifeline, keeper_end = os.pipe()
     ours, theirs = sync.channel_pair(child="the FUSE keeper", parent="stage-1")
     stage1 = os.getpid()
@@ -171,13 +175,15 @@ def start(spec: Spec, found: list[Layer]) -> Keeper | None:
         try:
             ours.close()
             os.close(CONTROL[0])
+            os.close(ANSWERS[0])
             os.close(lifeline)
-            code = _keeper(spec, found, todo, control_r, theirs, stage1, keeper_end)
+            code = _keeper(spec, found, todo, control_r, answers_w, theirs, stage1, keeper_end)
         except BaseException as e:  # noqa: BLE001 - a forked child must never return
             log.write_raw(f"rbox: error: the FUSE keeper: {type(e).__name__}: {e}\n")
         finally:
             os._exit(code)
     os.close(control_r)
+    os.close(answers_w)
     os.close(keeper_end)
     theirs.close()
     try:
@@ -210,6 +216,7 @@ def mount(name: str, target: str, tool: str, flags: int, what: str) -> None:
     try:
         os.stat(target)
     except OSError as e:
+        _await_answer(name)         # its words first: the parent ends everything after this error
         raise MountError(f"{tool} for {what} did not start: {e.strerror}",
                          hint=f"its own message is above; run `{tool}` by hand to see why") from None
     log.step(f"{tool} serves {what}")
@@ -219,6 +226,21 @@ def built() -> None:
     """In init, once the tree is complete: from now on a daemon's death ends the sandbox."""
     if CONTROL[0] >= 0:
         _tell("built", "cannot reach the FUSE keeper")
+
+
+def _await_answer(name: str) -> None:
+    """Wait (a moment at most) until the keeper has reported the end of daemon `name`."""
+    import time
+
+    deadline, got = time.monotonic() + ANSWER_WAIT, b""
+    while f"ended {name}\n".encode() not in got:
+        left = deadline - time.monotonic()
+        if left <= 0 or not select.select([ANSWERS[0]], [], [], left)[0]:
+            return
+        chunk = os.read(ANSWERS[0], 4096)
+        if not chunk:
+            return
+        got += chunk
 
 
 def _tell(line: str, what: str) -> None:
@@ -231,14 +253,17 @@ def _tell(line: str, what: str) -> None:
 
 # --- the keeper ---------------------------------------------------------------------------
 
-def _keeper(spec: Spec, found: list[Layer], todo: list[Job], control: int, chan: sync.Channel, stage1: int,
-            lifeline: int) -> int:
+def _keeper(spec: Spec, found: list[Layer], todo: list[Job], control: int, answers: int, chan: sync.Channel,
+            stage1: int, lifeline: int) -> int:
     log.set_role("fuse")
     sc.set_pdeathsig(signal.SIGKILL)
     if os.getppid() != stage1:
         return 1
     os.setsid()                # no terminal: Ctrl-C is for the command, not the file systems
-    keep = {0, 1, 2, control, chan.rfd, chan.wfd, lifeline, *FDS.values()}
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)           # the command's input and output are none of its business;
+    os.dup2(null, 1)           # only its warnings go to rbox's stderr
+    keep = {0, 1, 2, control, answers, chan.rfd, chan.wfd, lifeline, *FDS.values()}
     for name in os.listdir("/proc/self/fd"):
         if int(name) not in keep:
             try:
@@ -254,7 +279,7 @@ def _keeper(spec: Spec, found: list[Layer], todo: list[Job], control: int, chan:
         chan.send_error(RboxError(f"cannot prepare the FUSE daemons' layers: {e.strerror} ({e.filename})",
                                   hint=BUG_HINT))
         return 1
-    daemons = _Daemons(spec, ready)
+    daemons = _Daemons(spec, ready, answers)
     for job in todo:
         if not job.by_init:
             daemons.start(job)
@@ -303,8 +328,8 @@ def _bind(fd: int, target: str) -> None:
 
 
 class _Daemons:
-    def __init__(self, spec: Spec, dirs: dict[int, str]):
-        self.spec, self.dirs = spec, dirs
+    def __init__(self, spec: Spec, dirs: dict[int, str], answers: int):
+        self.spec, self.dirs, self.answers = spec, dirs, answers
         self.running: dict[int, tuple[Job, int]] = {}      # pid -> (job, its output memfd)
         self.built = False
         self.stopping = False
@@ -379,7 +404,9 @@ class _Daemons:
             try:
                 self.start(by_name[arg])
             except OSError as e:
+                self.reap_soon()            # a squashfuse under it that died first says so first
                 log.warn(f"cannot start {by_name[arg].tool} for {by_name[arg].layer.what}: {e.strerror}")
+                self.answer(f"ended {arg}")
                 if arg in FDS:
                     # The connection's last descriptor: init's wait for the daemon fails
                     # at once (ENOTCONN) and says so, instead of waiting for nobody.
@@ -405,8 +432,24 @@ class _Daemons:
                 said = _tail(output)
                 end = "; the sandbox ends" if self.built else ""
                 log.warn(f"{job.tool} for {job.layer.what} ended ({how}){': ' + said if said else ''}{end}")
+                self.answer(f"ended {job.name}")
             os.close(output)
         return died
+
+    def reap_soon(self) -> None:
+        """Reap what is ending right now (a connection aborts when its daemon's
+        descriptors close, a moment before the daemon is a zombie)."""
+        import time
+
+        deadline = time.monotonic() + 0.5
+        while self.running and not self.reap() and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def answer(self, line: str) -> None:
+        try:
+            os.write(self.answers, (line + "\n").encode())
+        except OSError:
+            pass                        # init is gone, or not listening any more
 
     def stop(self, code: int = 0) -> int:
         self.reap()                     # those that died on their own say so first

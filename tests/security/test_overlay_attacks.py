@@ -121,7 +121,7 @@ def test_fuse_daemons_are_out_of_the_commands_reach(driver: str, tree: Path, tmp
         own = os.readlink(f"/proc/{command}/ns/pid")
         proc.stdin.write(" ".join(map(str, daemons)).encode() + b"\n")
         proc.stdin.flush()
-        lines = read_until(proc.stdout.fileno(), "never")
+        lines = read_until(proc.stdout.fileno(), "never", timeout=10)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
