@@ -165,12 +165,17 @@ def test_overlay_of_a_host_directory_without_an_image(driver: str, tmp_path: Pat
     src = tmp_path / "src"
     (src / "sub").mkdir(parents=True)
     (src / "file").write_text("original\n")
+    other = tmp_path / "other"
+    other.mkdir()
     upper = tmp_path / "upper"
     script = f"echo changed > {src}/file; echo new > {src}/sub/new; rm -r {src}/sub; cat {src}/file; ls {src}"
-    for options in (["--overlay", str(src)], ["--overlay", f"{src}:{upper}"]):
-        r = run_rbox("run", *options, "--", "sh", "-c", script, cwd=tmp_path, env={"RBOX_OVERLAY": driver})
+    # Repeatable: a second --overlay (of `other`) in the first run, written too.
+    for options, extra in ((["--overlay", str(src), "--overlay", str(other)], f"; echo x > {other}/x"),
+                           (["--overlay", f"{src}:{upper}"], "")):
+        r = run_rbox("run", *options, "--", "sh", "-c", script + extra, cwd=tmp_path, env={"RBOX_OVERLAY": driver})
         assert (r.returncode, r.stdout) == (0, "changed\nfile\n"), r.stderr
         assert (src / "file").read_text() == "original\n" and sorted(os.listdir(src)) == ["file", "sub"]
+        assert os.listdir(other) == []
     # With UPPER, the next run finds the changes; without, they are gone.
     r = run_rbox("run", "--overlay", f"{src}:{upper}", "--", "sh", "-c", f"cat {src}/file; ls {src}", cwd=tmp_path,
                  env={"RBOX_OVERLAY": driver})
