@@ -336,9 +336,13 @@ class Account(File):
         if not self.in_place:
             File(self.dst, text).apply(oldroot, newroot)
             return
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
-            f.write(text)
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(text)
+        except OSError as e:
+            # An image whose /etc/passwd is no file (a directory, say): only `id` suffers.
+            log.step(f"no entry added to {self.dst}: {e.strerror}")
 
 
 class Dir(Op):
