@@ -107,10 +107,10 @@ def _program(name: str, path: str | None, package: str) -> str:
     found = which(name, path)
     if found is None:
         needs = "a SquashFS image needs it" if name == "squashfuse" else \
-            "this kernel cannot make overlays in a user namespace (`rbox check` says why)"
+            "the overlays need it here (`rbox check` says why the kernel's overlayfs is not used)"
         raise SpecError(f"`{name}` is not installed: {needs}",
                         hint=f"an administrator can install the Debian package `{package}`"
-                        + ("; or run with --read-only" if name != "squashfuse" else ""))
+                        + ("; or, with an image, run with --read-only" if name != "squashfuse" else ""))
     return found
 
 

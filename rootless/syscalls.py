@@ -262,8 +262,8 @@ def keep_only_capabilities(caps: tuple[int, ...]) -> None:
     its uid (capabilities(7), "Transformation of capabilities during execve()"): the
     bounding set cut down to them (a uid 0 gets its bounding set), and them inheritable
     and ambient (another uid keeps only the ambient set; Linux 4.3)."""
-    for cap in range(64):
-        if cap not in caps and _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
+    for cap in [c for c in range(64) if c not in caps]:
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
             if ctypes.get_errno() == errno.EINVAL and cap > 0:
                 break
             raise oserror("prctl(PR_CAPBSET_DROP)")

@@ -154,6 +154,18 @@ def test_overlay_option_errors(tree: Path, tmp_path: Path, args: list[str], mess
     assert message.format(tree=tree, tmp=tmp_path) in r.stderr and "hint: " in r.stderr
 
 
+@pytest.mark.parametrize(("image", "driver", "missing"), [("tree", "fuse", "fuse-overlayfs"),
+                                                         ("sqfs", "kernel", "squashfuse")])
+def test_a_missing_fuse_program_is_named(image: str, driver: str, missing: str, tree: Path, tmp_path: Path) -> None:
+    (tmp_path / "bin").mkdir()
+    option = ["--rootfs", str(tree)] if image == "tree" else ["--image", str(tmp_path / "x.sqfs")]
+    (tmp_path / "x.sqfs").write_bytes(b"hsqs")
+    r = run_rbox("run", "--net=none", *option, "--", "true", cwd=tmp_path,
+                 env={"PATH": str(tmp_path / "bin"), "RBOX_OVERLAY": driver})
+    assert r.returncode == 125
+    assert f"rbox: error: `{missing}` is not installed" in r.stderr and f"package `{missing}`" in r.stderr
+
+
 def test_persist_dir_of_another_user_is_refused(tree: Path, tmp_path: Path) -> None:
     # /tmp itself: a directory the user may write but does not own (root's, sticky).
     r = run_rbox("run", "--rootfs", str(tree), "--persist", "/tmp", "--", "true", cwd=tmp_path)
