@@ -11,7 +11,7 @@ import sys
 
 from rootless.options import COMMANDS, GLOBAL_OPTIONS, options_for
 
-PATH_METAVARS = ("SRC[:DST]", "DST", "PATH", "DIR")
+PATH_METAVARS = ("SRC[:DST]", "DST", "PATH", "DIR", "SRC[:UPPER]", "NAME|FILE")
 
 
 def bash() -> str:

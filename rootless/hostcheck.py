@@ -43,6 +43,10 @@ FIX = {
                 "(helpers/sysctl.d/99-rbox-userns.conf)",
     "kernel": "rbox needs Linux 4.18 or later (RHEL 8's kernel): run it on a newer host",
     "seccomp": "an administrator can use a kernel built with CONFIG_SECCOMP_FILTER (distribution kernels are)",
+    "fuse-overlayfs": "an administrator can install the Debian package `fuse-overlayfs` (and make /dev/fuse mode "
+                      "0666); --read-only runs without overlays",
+    "squashfuse": "an administrator can install the Debian package `squashfuse` (and make /dev/fuse mode 0666); only "
+                  "--image FILE.sqfs needs it",
 }
 WANTED_CONTROLLERS = ("cpu", "io", "memory", "pids")
 
@@ -199,6 +203,31 @@ def check_tun(device: str = "/dev/net/tun") -> Finding:
                    FIX["tun"])
 
 
+def check_squashfuse(path: str | None, fuse_device: bool) -> Finding:
+    found = userns.which("squashfuse", path)
+    if found is None or not fuse_device:
+        why = "not installed" if found is None else "/dev/fuse is missing or not usable by you"
+        return Finding("squashfuse", "warn", f"{why}: --image FILE.sqfs needs it", FIX["squashfuse"])
+    return Finding("squashfuse", "ok", found)
+
+
+def check_overlay(reason: str | None, forced: str, fuse_overlayfs: str | None, fuse_device: bool) -> Finding:
+    """Which overlay driver this host uses (overlay.py): the kernel's overlayfs where the
+    probe (`reason` None) says it works, else fuse-overlayfs (pure)."""
+    name = "kernel: overlayfs in a user namespace (Linux 5.11)"
+    fuse = fuse_overlayfs is not None and fuse_device
+    if forced == "fuse" or (forced != "kernel" and reason is not None):
+        why = "RBOX_OVERLAY=fuse" if forced == "fuse" else f"absent ({reason})"
+        if fuse:
+            return Finding(name, "ok", f"{why}: overlays (a writable image, --persist, --overlay) use "
+                                       f"fuse-overlayfs ({fuse_overlayfs}), slower")
+        missing = "not installed" if fuse_overlayfs is None else "installed, but /dev/fuse is not usable"
+        return Finding(name, "warn", f"{why}, and fuse-overlayfs is {missing}: a writable image, --persist and "
+                                     "--overlay are unavailable", FIX["fuse-overlayfs"])
+    why = "RBOX_OVERLAY=kernel" if forced == "kernel" else "present"
+    return Finding(name, "ok", f"{why}: overlays (a writable image, --persist, --overlay) use the kernel's overlayfs")
+
+
 def init_system(comm: str = "/proc/1/comm", booted: str = "/run/systemd/system") -> str | None:
     """None when systemd is the init system (sd_booted(3) tests the directory), else the
     name of PID 1. Limits need systemd's user manager: elsewhere, no fix that assumes
@@ -328,10 +357,11 @@ def check_all(environ: dict[str, str]) -> list[Finding]:
         user = str(uid)
     path = environ.get("PATH")
     pid1 = init_system()
+    fuse_device = os.access("/dev/fuse", os.R_OK | os.W_OK)
     findings = [check_userns_sysctls(), check_userns_works(), check_subids(user, uid, path),
                 check_helper("newuidmap", path), check_helper("newgidmap", path), check_no_new_privs(),
-                check_slirp4netns(path), check_pasta(path), check_tun(), check_init_system(pid1),
-                check_cgroup2(pid1=pid1)]
+                check_slirp4netns(path), check_pasta(path), check_tun(), check_squashfuse(path, fuse_device),
+                check_init_system(pid1), check_cgroup2(pid1=pid1)]
     job = check_slurm_job(environ)
     if job is not None:
         findings.append(job)
@@ -342,7 +372,12 @@ def check_all(environ: dict[str, str]) -> list[Finding]:
     from rootless import kernel
 
     findings.append(check_runtime_dir(environ, pid1 if job is None else pid1 or "slurmstepd"))
-    return findings + check_kernel(kernel.release(), kernel.survey(cgroup_child()))
+    from rootless import overlay
+
+    forced = environ.get(overlay.ENV, "")
+    driver = check_overlay(None if forced else overlay.kernel_probe(), forced, userns.which("fuse-overlayfs", path),
+                           fuse_device)
+    return findings + check_kernel(kernel.release(), kernel.survey(cgroup_child())) + [driver]
 
 
 def render(findings: list[Finding]) -> str:

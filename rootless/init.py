@@ -48,6 +48,10 @@ def run(spec: Spec, chan: sync.Channel, link: sync.Channel, fd_sock: object = No
     block(FORWARDED + (signal.SIGCHLD,))
     rootfs.build(mounts.optimize(mounts.plan(spec)))
     latemounts.tree_built()                   # stage-1 may now show the host's later mounts
+    if spec.squashfs or spec.overlay_driver == "fuse":
+        from rootless import fusekeeper  # loaded by stage-1 before the fork
+
+        fusekeeper.built()                    # a FUSE daemon's death now ends the sandbox
     set_hostname(spec.hostname)
     net.configure(spec.net)
     chan.expect(sync.NETWORK_DONE)

@@ -20,6 +20,10 @@ from rootless.errors import MountError, resource_hint
 from rootless.paths import LinkLoop, walk
 from rootless.spec import Spec
 
+TYPE_CHECKING = False  # not `from typing import ...`: typing costs 9 ms at start-up
+if TYPE_CHECKING:
+    from rootless.overlay import Layer
+
 OLDROOT = "/oldroot"
 NEWROOT = "/newroot"
 DEV_NODES = ("null", "zero", "full", "random", "urandom", "tty")
@@ -53,7 +57,7 @@ class RootBind(Op):
 
 
 class ImageRoot(Op):
-    """An image's tree (--rootfs, --image) as `/`, read-only, without changing it.
+    """An image's tree (--rootfs, --image) as `/` under --read-only, without changing it.
 
     The root is a tmpfs holding read-only binds of the image's top-level entries (its
     symlinks copied), so a mount point the image lacks (your home, the working
@@ -64,19 +68,68 @@ class ImageRoot(Op):
 
     dst = "/"
 
-    def __init__(self, rootfs: str):
-        self.rootfs = rootfs
+    def __init__(self, rootfs: str, layer: Layer | None = None):
+        self.rootfs, self.layer = rootfs, layer      # `layer`: a SquashFS file, mounted first
 
     def describe(self) -> str:
-        return f"image {self.rootfs} -> / [ro, its entries bound on a tmpfs]"
+        kind = "squashfuse " if self.layer else ""
+        return f"image {kind}{self.rootfs} -> / [ro, its entries bound on a tmpfs]"
 
     def apply(self, oldroot: str, newroot: str) -> None:
+        source = oldroot + self.rootfs
+        if self.layer is not None:
+            from rootless import overlay
+
+            source = overlay.mount(self.layer, "", oldroot, None)
         IMAGE.clear()
         IMAGE["root"] = newroot
-        _underlay(oldroot + self.rootfs, newroot, "/", oldroot)
-        for place in ("proc", "dev", "tmp", "run"):      # where the sandbox mounts its own
-            if not os.path.lexists(f"{newroot}/{place}"):
-                os.mkdir(f"{newroot}/{place}", 0o755)
+        _underlay(source, newroot, "/", oldroot)
+        _own_places(newroot)
+
+
+class ImageOverlay(Op):
+    """An image's tree (--rootfs, --image) as `/`, writable: an overlay whose writes go to
+    a tmpfs (discarded at exit) or to --persist DIR, never to the image (overlay.py).
+    Mount points the image lacks are made in the upper layer."""
+
+    dst = "/"
+
+    def __init__(self, layer: Layer, driver: str):
+        self.layer, self.driver = layer, driver
+
+    def describe(self) -> str:
+        source = self.layer.lower or f"squashfuse {self.layer.sqfs}"
+        return f"overlay {source} -> / [{self.driver} overlay; {self.layer.describe()}]"
+
+    def apply(self, oldroot: str, newroot: str) -> None:
+        from rootless import overlay
+
+        overlay.mount(self.layer, self.driver, oldroot, newroot)
+        _own_places(newroot)
+
+
+def _own_places(newroot: str) -> None:
+    for place in ("proc", "dev", "tmp", "run"):      # where the sandbox mounts its own
+        if not os.path.lexists(f"{newroot}/{place}"):
+            os.mkdir(f"{newroot}/{place}", 0o755)
+
+
+class Overlay(Op):
+    """--overlay SRC[:UPPER]: the host directory SRC writable at its place, its writes in
+    a tmpfs or in UPPER; SRC itself is never written (overlay.py)."""
+
+    def __init__(self, layer: Layer, driver: str, given: str | None = None):
+        self.layer, self.driver, self.dst, self.given = layer, driver, layer.dst, given
+
+    def describe(self) -> str:
+        return f"overlay {self.layer.lower} -> {self.dst} [{self.driver} overlay; {self.layer.describe()}]" \
+               f"{self.origin()}"
+
+    def apply(self, oldroot: str, newroot: str) -> None:
+        from rootless import overlay
+
+        dst = ensure_mountpoint(newroot, self.dst, True, f"show --overlay `{self.layer.lower}`")
+        overlay.mount(self.layer, self.driver, oldroot, dst)
 
 
 # For an image run, in init only: `root` (the new root), `oldroot`, the tmpfs mounts of
@@ -254,6 +307,44 @@ class File(Op):
         _mount(None, dst, None, sc.MS_REMOUNT | sc.MS_BIND | sc.MS_RDONLY, what=f"make `{self.dst}` read-only")
 
 
+class Account(File):
+    """An entry for you in the image's /etc/passwd or /etc/group (`line`), added when no
+    line of the file names your id (`key`), so that `id` and `whoami` name you. A
+    writable image gets it in the file itself (later runs of --persist keep it, and
+    useradd or a package's maintainer script can change the file); a read-only one gets
+    the file rbox writes, bound read-only over it."""
+
+    def __init__(self, dst: str, key: str, line: str, in_place: bool):
+        super().__init__(dst, "")
+        self.key, self.line, self.in_place = key, line, in_place
+
+    def describe(self) -> str:
+        return f"entry {self.dst} [id {self.key}{', in the image' if self.in_place else ', ro'}]"
+
+    def apply(self, oldroot: str, newroot: str) -> None:
+        path = resolve_in(newroot, self.dst)
+        try:
+            with open(path, encoding="utf-8", errors="surrogateescape") as f:
+                text = f.read(1 << 20)
+        except OSError:
+            text = ""
+        if any(line.split(":")[2:3] == [self.key] for line in text.splitlines()):
+            if not self.in_place:
+                File(self.dst, text).apply(oldroot, newroot)
+            return
+        text += ("" if text.endswith("\n") or not text else "\n") + self.line + "\n"
+        if not self.in_place:
+            File(self.dst, text).apply(oldroot, newroot)
+            return
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w", encoding="utf-8", errors="surrogateescape") as f:
+                f.write(text)
+        except OSError as e:
+            # An image whose /etc/passwd is no file (a directory, say): only `id` suffers.
+            log.step(f"no entry added to {self.dst}: {e.strerror}")
+
+
 class Dir(Op):
     def __init__(self, dst: str, mode: int):
         self.dst, self.mode = dst, mode
@@ -273,11 +364,12 @@ def plan(spec: Spec) -> list[Op]:
     Every path in the spec is resolved already (spec.py, paths.py), so the order
     optimize() gives is the order of the places themselves, whatever aliases the options
     used. The places the sandbox mounts itself are paths.SANDBOX_OWN."""
-    ops: list[Op] = [ImageRoot(spec.rootfs) if spec.rootfs else RootBind(), Proc(), Dev(),
+    ops: list[Op] = [_root(spec), Proc(), Dev(),
                      Tmpfs("/tmp", "1777"), Tmpfs("/var/tmp", "1777"), Tmpfs("/run", "0755"),
                      Dir(f"/run/user/{spec.uid}", 0o700)]
     ops += _host_resolver(spec) + _network_files(spec)
     ops += [File(path, content) for path, content in spec.image_files.items()]
+    ops += [Account(path, key, line, spec.image_mode != "read-only") for path, key, line in spec.image_accounts]
     if spec.home_mode == "rw":
         ops.append(Bind(spec.home, spec.home, ro=False))
     elif spec.home_mode == "tmpfs":
@@ -286,8 +378,11 @@ def plan(spec: Spec) -> list[Op]:
         # The current directory, when it is a project directory, is the one place the
         # command may write on the host (spec.cwd_protection says which are not).
         ops.append(Bind(spec.cwd, spec.cwd, ro=False))
+    overlays = iter([layer for layer in _layers(spec) if layer.dst != "/"])    # the --overlay ones, in order
     for m in spec.mounts:
-        if m.kind == "--tmpfs":
+        if m.kind == "--overlay":
+            ops.append(Overlay(next(overlays), spec.overlay_driver, given=m.given))
+        elif m.kind == "--tmpfs":
             ops.append(Tmpfs(m.dst, "0755", given=m.given))
         elif m.kind == "--hide":
             ops.append(Hide(m.dst, given=m.given))
@@ -295,6 +390,24 @@ def plan(spec: Spec) -> list[Op]:
             assert m.src is not None
             ops.append(Bind(m.src, m.dst, ro=(m.kind == "--ro-bind"), given=m.given))
     return ops
+
+
+def _root(spec: Spec) -> Op:
+    if not spec.rootfs:
+        return RootBind()
+    image = _layers(spec)[0] if spec.image_mode != "read-only" or spec.squashfs else None
+    if spec.image_mode == "read-only":
+        return ImageRoot(spec.rootfs, image)
+    assert image is not None
+    return ImageOverlay(image, spec.overlay_driver)
+
+
+def _layers(spec: Spec) -> list[Layer]:
+    if not spec.overlay_driver and not spec.squashfs:
+        return []
+    from rootless import overlay  # only with an overlay or a SquashFS image (and loaded by then)
+
+    return overlay.layers(spec)
 
 
 def _host_resolver(spec: Spec) -> list[Op]:

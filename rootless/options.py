@@ -49,10 +49,15 @@ SANDBOX_OPTIONS = (
     Opt(("--tmpfs",), "mounts", "mount an empty, writable tmpfs at DST", metavar="DST", kind="append"),
     Opt(("--hide",), "mounts", "make PATH appear empty (a directory) or as /dev/null (a file)",
         metavar="PATH", kind="append"),
-    Opt(("--rootfs",), "rootfs", "show directory DIR as `/`, read-only, instead of the host's", metavar="DIR",
-        kind="value"),
-    Opt(("--image",), "image", "show image NAME as `/`, read-only, with its Env, WorkingDir and command "
-        "(rbox image)", metavar="NAME", kind="value"),
+    Opt(("--overlay",), "mounts", "show host directory SRC writable at its place, SRC itself unchanged (writes "
+        "discarded at exit, or kept in UPPER)", metavar="SRC[:UPPER]", kind="append"),
+    Opt(("--rootfs",), "rootfs", "show directory DIR as `/` instead of the host's (writable, writes discarded at "
+        "exit)", metavar="DIR", kind="value"),
+    Opt(("--image",), "image", "show image NAME (or a SquashFS FILE) as `/`, with its Env, WorkingDir and command "
+        "(writable, writes discarded at exit; rbox image)", metavar="NAME|FILE", kind="value"),
+    Opt(("--read-only",), "read_only", "with an image, nothing in its tree is writable"),
+    Opt(("--persist",), "persist", "with an image, keep the writes in DIR (made if missing) for the next run",
+        metavar="DIR", kind="value"),
     Opt(("--home",), "home", "your home directory: `ro` (default), `rw` or `tmpfs` (empty)",
         metavar="MODE", kind="value", choices=("ro", "rw", "tmpfs")),
     Opt(("--cwd-writable",), "cwd_writable",

@@ -28,22 +28,25 @@ from rootless.paths import FRESH, HIDDEN, RO, RW, SANDBOX_OWN, View, inside
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from rootless.cgroups import Limits
+    from rootless.image.store import Store
 
 HOSTNAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-.")
 
 
 class UserMount:
-    """One of --bind, --ro-bind, --tmpfs, --hide, in the order given, with its paths
-    resolved (paths.py); `given` is the option as typed when that differs."""
+    """One of --bind, --ro-bind, --tmpfs, --hide, --overlay, in the order given, with its
+    paths resolved (paths.py); `given` is the option as typed when that differs; `upper`
+    the directory an --overlay keeps its writes in (None: discarded)."""
 
-    __slots__ = ("kind", "src", "dst", "given")
+    __slots__ = ("kind", "src", "dst", "given", "upper")
 
-    def __init__(self, kind: str, src: str | None, dst: str, given: str | None = None):
-        self.kind, self.src, self.dst, self.given = kind, src, dst, given
+    def __init__(self, kind: str, src: str | None, dst: str, given: str | None = None, upper: str | None = None):
+        self.kind, self.src, self.dst, self.given, self.upper = kind, src, dst, given, upper
 
     @property
     def view_kind(self) -> str:
-        return {"--tmpfs": FRESH, "--hide": HIDDEN, "--ro-bind": RO}.get(self.kind, RW)
+        # Below an overlay the path continues in its source, as below a read-only bind.
+        return {"--tmpfs": FRESH, "--hide": HIDDEN, "--ro-bind": RO, "--overlay": RO}.get(self.kind, RW)
 
 
 class Spec:
@@ -73,8 +76,14 @@ class Spec:
     limits: Limits | None   # None: no limit asked, no cgroup work at all
     pass_fds: list[int]     # the caller's descriptors the command gets (--pass-fd), sorted
     argv: list[str]         # rbox's own arguments, to re-run them in a systemd scope
-    rootfs: str | None      # --rootfs/--image: the tree shown as `/` (resolved), else None
-    image_files: dict[str, str]   # with an image: /etc/passwd, /etc/group (and resolv.conf) to show
+    rootfs: str | None      # --rootfs/--image: the tree shown as `/` (resolved), or a SquashFS file, else None
+    squashfs: bool          # rootfs is a SquashFS file (--image FILE.sqfs)
+    image_mode: str         # with an image: "discard" (the default), "persist" or "read-only"; else ""
+    persist: str | None     # --persist DIR (resolved)
+    image_files: dict[str, str]   # with an image: the host's resolv.conf, when no helper serves DNS
+    image_accounts: list[tuple[str, str, str]]   # with an image: (file, your id, your entry) for passwd, group
+    overlay_driver: str     # "kernel" or "fuse" when an overlay is needed (overlay.py), else ""
+    fuse_programs: dict[str, str]   # fuse-overlayfs, squashfuse: their paths, when needed
     name: str | None        # --name (or made up for -d): a named sandbox, joinable (rootless/instance)
     detach: bool            # -d: the supervisor runs in the background, the output goes to a log
     __slots__ = tuple(__annotations__)
@@ -97,13 +106,22 @@ def from_parsed(parsed: Parsed, environ: dict[str, str], cwd: str, tty: bool,
     home = os.path.realpath(home)
     home_mode = str(v.get("home") or "ro")
     cwd = os.path.realpath(cwd)   # getcwd() is physical already; tests pass other paths
-    rootfs, config = _image_root(v, environ, cwd)
-    mounts, cwd_bound, cwd_warning = _resolve_paths(v, environ, cwd, home, home_mode, uid, rootfs)
+    rootfs, squashfs, config = _image_root(v, environ, cwd)
+    image_mode, persist = _image_mode(v, rootfs, cwd)
+    mounts, cwd_bound, cwd_warning = _resolve_paths(v, environ, cwd, home, home_mode, uid,
+                                                    None if squashfs else rootfs, image=rootfs is not None)
     workdir = _workdir(v.get("workdir"), cwd)
     if rootfs is not None and v.get("workdir") is None:
         workdir = _image_workdir(config, cwd, cwd_bound, home, mounts)
+    driver, programs = "", dict[str, str]()
+    if squashfs or image_mode in ("discard", "persist") or any(m.kind == "--overlay" for m in mounts):
+        from rootless import overlay
+
+        driver, programs = overlay.choose(environ, image_mode in ("discard", "persist") or
+                                          any(m.kind == "--overlay" for m in mounts), squashfs)
     return Spec(
-        command=_command(parsed, _shell_in(rootfs, shell) if rootfs else shell, config if rootfs else None),
+        command=_command(parsed, _shell_in(rootfs, shell, squashfs) if rootfs else shell,
+                         config if rootfs else None),
         root=bool(v.get("root")),
         net=net_mode,
         ports=_ports(v, net_mode),
@@ -121,33 +139,108 @@ def from_parsed(parsed: Parsed, environ: dict[str, str], cwd: str, tty: bool,
         pass_fds=sorted({check_passable(value) for _, value in _list(v, "pass_fd")}),
         argv=list(argv or []),
         rootfs=rootfs,
-        image_files=_image_files(rootfs, bool(v.get("root")), uid, gid, user, home, net_mode) if rootfs else {},
+        squashfs=squashfs,
+        image_mode=image_mode,
+        persist=persist,
+        image_files=_image_files(net_mode) if rootfs else {},
+        image_accounts=_image_accounts(bool(v.get("root")), uid, gid, user, home) if rootfs else [],
+        overlay_driver=driver,
+        fuse_programs=programs,
         name=_name(v.get("name"), _detach(v)),
         detach=_detach(v),
     )
 
 
-def _image_root(v: dict[str, object], environ: dict[str, str], cwd: str) -> tuple[str | None, dict[str, object]]:
-    """The tree --rootfs or --image names (resolved), and the image's config."""
+def _image_root(v: dict[str, object], environ: dict[str, str], cwd: str
+                ) -> tuple[str | None, bool, dict[str, object]]:
+    """The tree --rootfs or --image names (resolved), whether it is a SquashFS file, and
+    the image's config."""
     rootfs, image = v.get("rootfs"), v.get("image")
     if rootfs is not None and image is not None:
         raise SpecError("--rootfs and --image exclude each other", hint="give one of them")
+    if image is not None and _names_a_file(str(image), cwd):
+        return _squashfs_file(str(image), cwd), True, {}
     if image is not None:
-        from rootless.image import command, store
+        from rootless.image import store
 
         the_store = store.Store.open(environ)
-        meta = command.load(the_store, str(image))
+        meta = _image_meta(the_store, str(image))
         config = meta.get("config")
-        return os.path.join(the_store.image_dir(str(image)), "rootfs"), config if isinstance(config, dict) else {}
+        return (os.path.join(the_store.image_dir(str(image)), "rootfs"), False,
+                config if isinstance(config, dict) else {})
     if rootfs is None:
-        return None, {}
+        return None, False, {}
     path = os.path.realpath(_absolute(str(rootfs), cwd, "--rootfs"))
     if not os.path.isdir(path):
         raise SpecError(f"--rootfs `{rootfs}` is not a directory",
                         hint="give the directory to show as `/`, e.g. a tree made by `rbox image import`")
     if path == "/":
         raise SpecError("--rootfs / is the host's root, which rbox shows anyway", hint="leave out --rootfs")
-    return path, {}
+    return path, False, {}
+
+
+def _image_meta(the_store: Store, name: str) -> dict[str, object]:
+    """image.json of image `name`, as `rbox image inspect` reads it (command.load), without
+    loading the import's modules (tarfile, hashlib: 9 ms) on the run's start-up path."""
+    import json
+
+    try:
+        with open(os.path.join(the_store.image_dir(name), "image.json")) as f:
+            meta = json.load(f)
+    except FileNotFoundError:
+        raise SpecError(f"no image `{name}` in {the_store.path}", hint="`rbox image ls` lists them; "
+                        "`rbox image import SOURCE NAME` makes one") from None
+    return meta if isinstance(meta, dict) else {}
+
+
+SQUASHFS_SUFFIXES = (".sqfs", ".squashfs")
+
+
+def _names_a_file(image: str, cwd: str) -> bool:
+    """--image takes a file for a path (a `/` in it; image names have none) or a name
+    ending in .sqfs that exists as a file here."""
+    return "/" in image or (image.endswith(SQUASHFS_SUFFIXES) and os.path.lexists(os.path.join(cwd, image)))
+
+
+def _squashfs_file(image: str, cwd: str) -> str:
+    path = os.path.realpath(_absolute(image, cwd, "--image"))
+    if os.path.isdir(path):
+        raise SpecError(f"--image `{image}` is a directory", hint=f"use --rootfs {image}; --image takes an image "
+                        "name (`rbox image ls`) or a SquashFS file")
+    if not os.path.isfile(path):
+        raise SpecError(f"--image `{image}`: no such SquashFS file",
+                        hint="give a SquashFS file (made by `rbox image export` or mksquashfs), or an image name "
+                             "from `rbox image ls` (names have no `/`)")
+    from rootless.overlay import is_squashfs
+
+    if not is_squashfs(path):
+        raise SpecError(f"--image `{image}` is not a SquashFS file (or not readable)",
+                        hint="give a file made by `rbox image export` or mksquashfs; `rbox image import` takes "
+                             "other kinds of images")
+    return path
+
+
+def _image_mode(v: dict[str, object], rootfs: str | None, cwd: str) -> tuple[str, str | None]:
+    """With an image: writable and discarded (the default), --persist DIR, or --read-only."""
+    read_only, persist = bool(v.get("read_only")), v.get("persist")
+    if rootfs is None:
+        if read_only or persist is not None:
+            option = "--read-only" if read_only else "--persist"
+            raise SpecError(f"{option} is for an image: it needs --image or --rootfs",
+                            hint="without an image the host's tree is read-only already; for a writable view of "
+                                 "a host directory use --overlay DIR")
+        return "", None
+    if read_only and persist is not None:
+        raise SpecError("--read-only and --persist exclude each other",
+                        hint="give --persist DIR to keep the writes, --read-only to allow none")
+    if read_only:
+        return "read-only", None
+    if persist is None:
+        return "discard", None
+    from rootless import overlay
+
+    return "persist", overlay.check_keep(str(persist), _absolute(str(persist), cwd, "--persist"), "--persist",
+                                         [rootfs])
 
 
 def _strings(value: object) -> list[str]:
@@ -165,10 +258,24 @@ def _image_workdir(config: dict[str, object], cwd: str, cwd_bound: bool, home: s
     return "/"
 
 
-def _image_files(rootfs: str, root: bool, uid: int, gid: int, user: str, home: str, net_mode: str) -> dict[str, str]:
-    """The image's /etc/passwd and /etc/group with an entry for you (uid 0 with --root)
-    when it has none, so that `id` and `whoami` name you; the host's resolver when no
-    helper serves DNS (mounts.py adds the helper's)."""
+def _image_files(net_mode: str) -> dict[str, str]:
+    """The host's resolver for an image when no helper serves DNS (mounts.py adds the
+    helper's)."""
+    from rootless.net import uses_helper
+
+    if uses_helper(net_mode):
+        return {}
+    try:
+        with open("/etc/resolv.conf") as f:
+            return {"/etc/resolv.conf": f.read(1 << 20)}
+    except OSError:
+        return {"/etc/resolv.conf": ""}
+
+
+def _image_accounts(root: bool, uid: int, gid: int, user: str, home: str) -> list[tuple[str, str, str]]:
+    """Your entries for the image's /etc/passwd and /etc/group (uid 0 with --root),
+    added in the sandbox where the file has no line with your id (mounts.Account), so
+    that `id` and `whoami` name you."""
     import grp
 
     inner_uid, inner_gid = (0, 0) if root else (uid, gid)
@@ -177,44 +284,21 @@ def _image_files(rootfs: str, root: bool, uid: int, gid: int, user: str, home: s
         group = "root" if root else grp.getgrgid(gid).gr_name
     except KeyError:
         group = str(gid)
-    passwd, groups = _read_in(rootfs, "etc/passwd"), _read_in(rootfs, "etc/group")
-    if not any(line.split(":")[2:3] == [str(inner_uid)] for line in passwd.splitlines()):
-        passwd += ("" if passwd.endswith("\n") or not passwd else "\n") + \
-            f"{name}:x:{inner_uid}:{inner_gid}::{'/root' if root else home}:/bin/sh\n"
-    if not any(line.split(":")[2:3] == [str(inner_gid)] for line in groups.splitlines()):
-        groups += ("" if groups.endswith("\n") or not groups else "\n") + f"{group}:x:{inner_gid}:\n"
-    files = {"/etc/passwd": passwd, "/etc/group": groups}
-    from rootless.net import uses_helper
-
-    if not uses_helper(net_mode):
-        try:
-            with open("/etc/resolv.conf") as f:
-                files["/etc/resolv.conf"] = f.read(1 << 20)
-        except OSError:
-            files["/etc/resolv.conf"] = ""
-    return files
+    return [("/etc/passwd", str(inner_uid), f"{name}:x:{inner_uid}:{inner_gid}::{'/root' if root else home}:/bin/sh"),
+            ("/etc/group", str(inner_gid), f"{group}:x:{inner_gid}:")]
 
 
-def _shell_in(rootfs: str, shell: str) -> str:
+def _shell_in(rootfs: str, shell: str, squashfs: bool = False) -> str:
     """`rbox sh` in an image: your login shell where the image has it, else its /bin/sh
-    (a busybox or distroless-like image has no /bin/bash or /bin/zsh)."""
-    if shell.startswith("/"):
+    (a busybox or distroless-like image has no /bin/bash or /bin/zsh). A SquashFS file
+    is not open to look: its /bin/sh."""
+    if shell.startswith("/") and not squashfs:
         try:
             os.close(_open_in(rootfs, shell.lstrip("/")))
             return shell
         except OSError:
             pass
     return "/bin/sh"
-
-
-def _read_in(root: str, path: str) -> str:
-    """A file of the image, resolved with the image as `/` (openat2 RESOLVE_IN_ROOT): a
-    symlink in it cannot make rbox read a file of the host."""
-    try:
-        with os.fdopen(_open_in(root, path), "rb") as f:
-            return f.read(1 << 20).decode(errors="replace")
-    except OSError:
-        return ""
 
 
 def _open_in(root: str, path: str) -> int:
@@ -228,12 +312,14 @@ def _open_in(root: str, path: str) -> int:
 
 
 def _resolve_paths(v: dict[str, object], environ: dict[str, str], cwd: str, home: str, home_mode: str,
-                   uid: int, rootfs: str | None = None) -> tuple[list[UserMount], bool, str | None]:
+                   uid: int, rootfs: str | None = None, image: bool = False
+                   ) -> tuple[list[UserMount], bool, str | None]:
     """The user's mounts with resolved paths, whether the cwd is bound read-write, and
     the warning to give when it is not (paths.py explains the resolution). With an image
     (`rootfs`), destinations are resolved through the image's tree, the sandbox's `/`,
-    not the host's."""
-    base = View([("/", rootfs, RO)] if rootfs else [])
+    not the host's; in a SquashFS image (`image` without `rootfs`) they stay as typed
+    (init resolves them in the tree, mounts.resolve_in)."""
+    base = View([("/", rootfs, RO)] if rootfs else [("/", None, FRESH)] if image else [])
     for place in (*SANDBOX_OWN, "/dev/shm", f"/run/user/{uid}"):
         base.add(place, None, FRESH)
     if home_mode == "tmpfs":
@@ -286,9 +372,10 @@ def _present(entries: list[tuple[str, str]], cwd: str) -> list[tuple[str, str]]:
 
 
 def _covers_cwd(mounts: list[UserMount], cwd: str) -> bool:
-    """An explicit --hide or --ro-bind at or above the cwd wins over the implicit cwd bind:
-    a hidden path stays hidden, a read-only one read-only."""
-    return any(m.kind in ("--hide", "--ro-bind") and inside(cwd, m.dst) for m in mounts)
+    """An explicit --hide, --ro-bind or --overlay at or above the cwd wins over the
+    implicit cwd bind: a hidden path stays hidden, a read-only one read-only, and an
+    overlay's writes stay out of the host's directory."""
+    return any(m.kind in ("--hide", "--ro-bind", "--overlay") and inside(cwd, m.dst) for m in mounts)
 
 
 def protected_places(home: str, environ: dict[str, str]) -> list[tuple[str, str]]:
@@ -473,6 +560,8 @@ def _absolute(path: str, cwd: str, what: str) -> str:
 def _user_mount(kind: str, value: str, cwd: str, view: View) -> UserMount:
     """One option with its paths resolved: the source on the host (its symlinks
     followed), the destination as the sandbox will show it (paths.View)."""
+    if kind == "--overlay":
+        return _overlay_mount(value, cwd, view)
     if kind in ("--tmpfs", "--hide"):
         typed = _absolute(value, cwd, kind)
         dst = _resolve(view, os.path.join(cwd, value), kind)
@@ -493,6 +582,27 @@ def _user_mount(kind: str, value: str, cwd: str, view: View) -> UserMount:
     _not_root(dst, kind)
     typed_dst = os.path.normpath(dst_text) if sep else typed_src
     return UserMount(kind, src, dst, None if (src, dst) == (typed_src, typed_dst) else f"{kind} {value}")
+
+
+def _overlay_mount(value: str, cwd: str, view: View) -> UserMount:
+    """--overlay SRC[:UPPER]: SRC at its own place, its writes in UPPER when given."""
+    kind = "--overlay"
+    src_text, sep, upper_text = value.partition(":")
+    typed = _absolute(src_text, cwd, kind)
+    src = os.path.realpath(typed)
+    if not os.path.isdir(src):
+        raise SpecError(f"--overlay `{src_text}` is not a directory",
+                        hint="--overlay shows a host directory writable at its place (writes discarded, or kept in "
+                             "UPPER); for a file use --bind or --ro-bind")
+    dst = _resolve(view, typed, kind)
+    _not_root(dst, kind)
+    upper = None
+    if sep:
+        from rootless import overlay
+
+        upper = overlay.check_keep(upper_text, _absolute(upper_text, cwd, "--overlay SRC:UPPER"),
+                                   f"the UPPER of --overlay {src_text}", [src])
+    return UserMount(kind, src, dst, None if (src, dst) == (typed, typed) else f"{kind} {value}", upper)
 
 
 def _resolve(view: View, path: str, kind: str) -> str:

@@ -32,6 +32,10 @@ from rootless.guard import run_child
 from rootless.spec import Spec
 from rootless.userns import IdMapPlan, map_text
 
+TYPE_CHECKING = False  # not `from typing import ...`: typing costs 9 ms at start-up
+if TYPE_CHECKING:
+    from rootless import fusekeeper
+
 
 def run(spec: Spec, chan: sync.Channel, parent_pid: int, idmap: IdMapPlan, fd_sock: object = None) -> int:
     arm_death_signal(parent_pid)
@@ -42,6 +46,7 @@ def run(spec: Spec, chan: sync.Channel, parent_pid: int, idmap: IdMapPlan, fd_so
     # change cleared it (rootlesskit#65, fixed there the same way in PR #66).
     arm_death_signal(parent_pid)
     watcher = latemounts.prepare()      # before the sandbox's mount namespace is copied
+    keeper = start_fuse(spec)           # before the sandbox's PID namespace: its daemons stay out of it
     unshare_rest(spec)
     host_proc = os.open("/proc", os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
     link, init_link = sync.channel_pair(child="init", parent="stage-1")
@@ -55,13 +60,31 @@ def run(spec: Spec, chan: sync.Channel, parent_pid: int, idmap: IdMapPlan, fd_so
             watcher.in_init()
         run_child(chan, "init", lambda: init.run(spec, chan, init_link, fd_sock))
     init_link.close()
+    if keeper:
+        keeper.init_forked(pid)
     chan.send(sync.INIT_STARTED, pid=pid)
     # From here on only init holds the pipes, so the parent sees EOF when PID 1 is gone.
     chan.close()
     if fd_sock is not None:
         fd_sock.close()  # type: ignore[attr-defined]
     serve_nested_map(link, host_proc, pid, idmap)
-    return wait_for_init(pid, watcher, spec)
+    code = wait_for_init(pid, watcher, spec)
+    if keeper:
+        keeper.finish()
+    return code
+
+
+def start_fuse(spec: Spec) -> fusekeeper.Keeper | None:
+    """With overlays or a SquashFS image: lock the directories writes are kept in, and
+    start the FUSE keeper when a daemon is needed (fusekeeper.py). Both modules were
+    loaded by the parent while it built the spec; nothing of this runs otherwise."""
+    if not spec.overlay_driver and not spec.squashfs:
+        return None
+    from rootless import fusekeeper, overlay
+
+    found = overlay.layers(spec)
+    overlay.lock_keep(found, spec.overlay_driver)
+    return fusekeeper.start(spec, found)
 
 
 def serve_nested_map(link: sync.Channel, host_proc: int, pid: int, idmap: IdMapPlan) -> None:

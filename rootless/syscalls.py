@@ -241,6 +241,44 @@ def drop_bounding_set() -> None:
             raise oserror("prctl(PR_CAPBSET_DROP)")
 
 
+# Capabilities a FUSE daemon keeps (fusekeeper.py): what overlaying files takes (copy
+# a file up with its owner, mode and attributes; make whiteouts), nothing more.
+CAP_CHOWN, CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH, CAP_FOWNER, CAP_FSETID, CAP_MKNOD, CAP_SETFCAP = 0, 1, 2, 3, 4, 27, 31
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_RAISE = 2
+_CAP_VERSION_3 = 0x20080522
+
+
+class _CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class _CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def keep_only_capabilities(caps: tuple[int, ...]) -> None:
+    """The next program exec'd has exactly `caps` (of those this process has), whatever
+    its uid (capabilities(7), "Transformation of capabilities during execve()"): the
+    bounding set cut down to them (a uid 0 gets its bounding set), and them inheritable
+    and ambient (another uid keeps only the ambient set; Linux 4.3)."""
+    for cap in [c for c in range(64) if c not in caps]:
+        if _libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0:
+            if ctypes.get_errno() == errno.EINVAL and cap > 0:
+                break
+            raise oserror("prctl(PR_CAPBSET_DROP)")
+    header, data = _CapHeader(_CAP_VERSION_3, 0), (_CapData * 2)()
+    if _libc.capget(ctypes.byref(header), data) < 0:
+        raise oserror("capget")
+    for cap in caps:
+        data[cap // 32].inheritable |= 1 << (cap % 32)
+    if _libc.capset(ctypes.byref(header), data) < 0:
+        raise oserror("capset")
+    for cap in caps:
+        if _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) < 0:
+            raise oserror("prctl(PR_CAP_AMBIENT_RAISE)")
+
+
 def statfs_type(path: str) -> int:
     """The file system's magic number (statfs(2) f_type, the first field on every
     64-bit ABI; the buffer is larger than struct statfs anywhere)."""

@@ -39,7 +39,9 @@ PROBES = ("userns", "subuid", "slirp4netns", "pasta", "dns_stub", "vm", "vm_brok
           # Kernel facilities newer than rbox's floor (4.18): absent under tests/oldkernel's filter.
           "pidfd", "old_kernel", "mount_api",
           # A Slurm cluster this user can run jobs on (tests/slurm/cluster), Open MPI's tools.
-          "slurm", "slurm_memory", "mpi")
+          "slurm", "slurm_memory", "mpi",
+          # Overlays (#14): the kernel's overlayfs in a user namespace, and the FUSE programs.
+          "kernel_overlay", "fuse_overlayfs", "squashfuse")
 
 
 @functools.cache
@@ -130,6 +132,22 @@ def probe(name: str) -> str | None:
         if not syscalls.has_mount_setattr():
             return "no mount_setattr (Linux 5.12) on this kernel: later host mounts are not shown at all"
         return None
+    if name == "kernel_overlay":
+        # The test's own attempt, as rbox makes it (overlay.py): a user and mount namespace,
+        # a tmpfs upper layer with user extended attributes (6.6), overlayfs with userxattr (5.11).
+        r = subprocess.run(["unshare", "-Urm", sys.executable, "-c", KERNEL_OVERLAY], capture_output=True, text=True,
+                           timeout=30)
+        return None if r.returncode == 0 else f"no overlayfs in a user namespace here: {r.stderr.strip()[-200:]}"
+    if name in ("fuse_overlayfs", "squashfuse"):
+        import shutil
+
+        tools = ("fuse-overlayfs",) if name == "fuse_overlayfs" else ("squashfuse", "mksquashfs")
+        missing = [tool for tool in tools if not shutil.which(tool)]
+        if missing:
+            return f"{' and '.join(missing)} not installed (Debian packages fuse-overlayfs, squashfuse, squashfs-tools)"
+        if not os.access("/dev/fuse", os.R_OK | os.W_OK):
+            return "/dev/fuse is missing or not usable (.ci/setup-host makes it 0666)"
+        return None
     if name == "pidfd":
         # The test's own use of pidfd_open(2), Linux 5.3 (rbox falls back without it).
         try:
@@ -178,6 +196,22 @@ def probe(name: str) -> str | None:
     if name == "unprivileged":
         return None if os.geteuid() != 0 else "running as root: permission checks pass for every file"
     raise ValueError(name)
+
+
+KERNEL_OVERLAY = """
+import ctypes, os
+libc = ctypes.CDLL(None, use_errno=True)
+def mount(src, dst, fstype, data):
+    if libc.mount(src.encode(), dst.encode(), fstype.encode(), 0, data.encode()) < 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()), dst)
+mount("tmpfs", "/tmp", "tmpfs", "mode=0700")
+for d in ("l", "u", "w", "m"):
+    os.mkdir("/tmp/" + d)
+os.setxattr("/tmp/u", "user.test", b"1")
+mount("overlay", "/tmp/m", "overlay", "lowerdir=/tmp/l,upperdir=/tmp/u,workdir=/tmp/w,userxattr")
+os.mkdir("/tmp/m/x")
+assert os.path.isdir("/tmp/u/x")
+"""
 
 
 def other_user() -> str:

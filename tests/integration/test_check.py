@@ -33,7 +33,7 @@ def test_check_on_a_host_where_rbox_runs_has_no_fail_and_exits_0() -> None:
     lines = [line for line in host.splitlines() if not line.startswith("      fix:")]
     systemd = "ok    init system: systemd" in r.stdout
     # Without systemd, the user-manager and delegation lines would offer fixes that cannot work.
-    assert len(lines) == (14 if systemd else 12)
+    assert len(lines) == (15 if systemd else 13)
     assert all(line.split()[0] in ("ok", "warn", "fail") for line in lines)
     assert "ok    user namespace creation: works" in r.stdout
     # This host runs rbox with its defaults: a `fail` here would be false.

@@ -70,10 +70,10 @@ def test_id_and_whoami_name_you(tree: Path) -> None:
     assert out.split() == ["root", "0"]
 
 
-def test_the_image_is_read_only_and_unchanged(tree: Path) -> None:
+def test_read_only_keeps_the_image_read_only_and_unchanged(tree: Path) -> None:
     before = sorted(str(p) for p in tree.rglob("*"))
     code, out, err = inside(tree, "for p in /newfile /bin/newfile /etc/passwd /home/x /work/x; do "
-                                  "touch $p 2>/dev/null && echo wrote $p; done; echo done")
+                                  "touch $p 2>/dev/null && echo wrote $p; done; echo done", "--read-only")
     assert code == 0, err
     assert out.split() == ["done"]
     assert sorted(str(p) for p in tree.rglob("*")) == before
@@ -81,7 +81,7 @@ def test_the_image_is_read_only_and_unchanged(tree: Path) -> None:
 
 def test_root_cannot_remount_the_image_writable(tree: Path) -> None:
     code, out, err = inside(tree, "mount -o remount,rw / 2>&1; mount -o remount,rw /bin 2>&1; "
-                                  "touch /bin/x 2>&1 || echo still-ro", "--root")
+                                  "touch /bin/x 2>&1 || echo still-ro", "--root", "--read-only")
     assert out.strip().endswith("still-ro"), out + err
 
 

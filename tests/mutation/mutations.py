@@ -22,7 +22,8 @@ delegated controllers on this host: the VM test bed's).
 Left out on purpose: mutants the kernel makes equivalent (MS_SLAVE on `/`: a mount
 namespace made in a less privileged user namespace turns shared mounts into slaves
 anyway, mount_namespaces(7)); slirp4netns's kill at the end (its --exit-fd ends it too,
-which is covered below).
+which is covered below); the FUSE keeper's death signal (when stage-1 dies, so does init,
+and the keeper's control pipe reaches EOF: it stops its daemons and exits all the same).
 """
 
 from __future__ import annotations
@@ -430,10 +431,10 @@ MUTATIONS = [
       "tests/integration/test_image.py::test_store_on_a_network_file_system_is_refused"),
     M("an image's tmpfs underlay stays writable: the command writes in the image's `/`",
       "rootless/rootfs.py", "    seal_image()            # an image", "    pass            # an image",
-      "tests/integration/test_image_run.py::test_the_image_is_read_only_and_unchanged"),
+      "tests/integration/test_image_run.py::test_read_only_keeps_the_image_read_only_and_unchanged"),
     M("an image's directories bound writable: the command changes the stored image",
       "rootless/mounts.py", "        make_readonly(target, oldroot)", "        pass",
-      "tests/integration/test_image_run.py::test_the_image_is_read_only_and_unchanged"),
+      "tests/integration/test_image_run.py::test_read_only_keeps_the_image_read_only_and_unchanged"),
 
     # --- inside a Slurm job (slurm.py): the job's end is the sandbox's; its cgroup is not left
     M("PID 1 has no death signal: a cancelled job's sandbox lives on (proctrack/pgid misses it)",
@@ -446,4 +447,63 @@ MUTATIONS = [
     M("limits inside a job whose cgroup is not delegated: a systemd scope takes the sandbox out of the job",
       "rootless/cgroups.py", "    if job:\n        why =", "    if False:\n        why =",
       "tests/unit/test_slurm.py::test_a_job_cgroup_that_is_not_delegated_is_refused"),
+
+    # --- overlays (rootless/overlay.py, fusekeeper.py): the lower layer is never written
+    M("the image bound writable instead of overlaid (kernel driver): the command changes the stored image",
+      "rootless/overlay.py", '    _mount("overlay", target, "overlay", _flags(layer), options(lower, upper, work),',
+      '    _mount(lower, target, None, sc.MS_BIND, None,',
+      SEC + "test_overlay_attacks.py::test_writes_in_the_image_never_reach_it[kernel]"),
+    M("fuse-overlayfs's upper layer made inside the lower one: the command's writes land in the image",
+      "rootless/fusekeeper.py", 'overlay.prepare_upper(f"{base}/rw", f"{base}/lower"',
+      'overlay.prepare_upper(f"{base}/lower", f"{base}/lower"',
+      SEC + "test_overlay_attacks.py::test_writes_in_the_image_never_reach_it[fuse]"),
+    M("--overlay SRC bound read-write instead of overlaid: the host directory changes",
+      "rootless/mounts.py", "ops.append(Overlay(next(overlays), spec.overlay_driver, given=m.given))",
+      "ops.append(Bind(next(overlays).lower or '', m.dst, ro=False))",
+      SEC + "test_overlay_attacks.py::test_writes_under_overlay_never_reach_the_host_directory[kernel]"),
+    M("the current directory's bind covers an --overlay above it: writes reach the host directory",
+      "rootless/spec.py", 'm.kind in ("--hide", "--ro-bind", "--overlay") and inside(cwd, m.dst)',
+      'm.kind in ("--hide", "--ro-bind") and inside(cwd, m.dst)',
+      SEC + "test_overlay_attacks.py::test_an_overlay_above_the_current_directory_wins_over_its_bind"),
+    # ... the FUSE daemons are out of the command's reach
+    M("the FUSE keeper started inside the sandbox's PID namespace (its parent check relaxed to let it run "
+      "there): the command sees its daemons and can signal them",
+      "rootless/stage1.py", "    keeper = start_fuse(spec)           # before the sandbox's PID namespace: its "
+      "daemons stay out of it\n    unshare_rest(spec)\n", "    unshare_rest(spec)\n    keeper = start_fuse(spec)\n",
+      SEC + "test_overlay_attacks.py::test_fuse_daemons_are_out_of_the_commands_reach[fuse]",
+      also=(("rootless/fusekeeper.py", "    if os.getppid() != stage1:\n        return 1\n    os.setsid()",
+             "    os.setsid()"),)),
+    M("a FUSE mount without default_permissions: the command reads files through the daemon's capabilities",
+      "rootless/fusekeeper.py", '            "default_permissions,allow_other")\n    try:',
+      '            "allow_other")\n    try:',
+      SEC + "test_overlay_attacks.py::test_the_overlay_checks_the_commands_own_permissions[sqfs-fuse]"),
+    M("a FUSE daemon outlives its keeper (no death signal): kill -9 leaves it running",
+      "rootless/fusekeeper.py", "    sc.set_pdeathsig(signal.SIGKILL)\n    if os.getppid() != keeper:",
+      "    if os.getppid() != keeper:",
+      "tests/robustness/test_fuse_death.py::test_kill_9_of_any_of_its_processes_leaves_nothing[keeper]"),
+    M("a FUSE daemon's death leaves the sandbox running on a dead file system",
+      "rootless/fusekeeper.py", "if self.reap() and self.built:", "if self.reap() and False:",
+      "tests/robustness/test_fuse_death.py::test_kill_9_of_any_of_its_processes_leaves_nothing[squashfuse]"),
+    M("the FUSE keeper's death leaves the sandbox running on dead file systems",
+      "rootless/fusekeeper.py", "        os.kill(self.init_pid, signal.SIGKILL)\n", "        pass\n",
+      "tests/robustness/test_fuse_death.py::test_kill_9_of_any_of_its_processes_leaves_nothing[keeper]"),
+    # ... the upper layer is discarded (and a kept one is this sandbox's alone)
+    M("the discarded upper layer kept on disk (beside the image) instead of a tmpfs: writes outlive the sandbox",
+      "rootless/overlay.py", '        _mount("tmpfs", rw, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=0700", f"mount',
+      '        _mount(oldroot + os.path.dirname(layer.lower or "/"), rw, None, sc.MS_BIND, None, f"mount',
+      "tests/integration/test_overlay.py::test_the_image_is_writable_and_its_writes_are_gone_at_exit[kernel]"),
+    M("the FUSE keeper's tmpfs left out: fuse-overlayfs's upper layers land in the host's /tmp",
+      "rootless/fusekeeper.py", '    sc.mount("tmpfs", PLACE, "tmpfs", sc.MS_NOSUID | sc.MS_NODEV, "mode=0700")\n', "",
+      "tests/integration/test_overlay.py::test_the_image_is_writable_and_its_writes_are_gone_at_exit[fuse]"),
+    M("two sandboxes share one --persist directory (overlayfs forbids a shared upper layer)",
+      "rootless/overlay.py", "            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)", "            pass",
+      "tests/integration/test_overlay.py::test_persist_is_refused_while_another_sandbox_uses_it"),
+    M("a --persist directory on NFS is used",
+      "rootless/overlay.py", "    if kind is not None:\n        raise SpecError(f\"{option}", "    if False:\n"
+      "        raise SpecError(f\"{option}",
+      "tests/unit/test_overlay.py::test_a_kept_directory_on_a_network_file_system_is_refused"),
+    M("someone else's --persist directory is used (they could read the writes or swap its parts)",
+      "rootless/overlay.py", "    if os.path.isdir(full) and os.stat(full).st_uid != os.getuid():",
+      "    if False:",
+      "tests/integration/test_overlay.py::test_persist_dir_of_another_user_is_refused"),
 ]
