@@ -37,7 +37,9 @@ def pytest_configure(config: pytest.Config) -> None:
 PROBES = ("userns", "subuid", "slirp4netns", "pasta", "dns_stub", "vm", "vm_broken", "tmux", "install", "nosubid",
           "tiocsti", "zsh", "iproute2", "unprivileged", "two_users", "suppgroup", "keyrings",
           # Kernel facilities newer than rbox's floor (4.18): absent under tests/oldkernel's filter.
-          "pidfd", "old_kernel", "mount_api")
+          "pidfd", "old_kernel", "mount_api",
+          # Images: mksquashfs/unsquashfs, umoci and skopeo (the oracle), the Debian image .ci/run builds.
+          "squashfs_tools", "oci_tools", "debian_image")
 
 
 @functools.cache
@@ -91,6 +93,18 @@ def probe(name: str) -> str | None:
 
         tool = "ip" if name == "iproute2" else name
         return None if shutil.which(tool) else f"{tool} is not installed (Debian package {name})"
+    if name in ("squashfs_tools", "oci_tools"):
+        import shutil
+
+        tools, packages = ((("mksquashfs", "unsquashfs"), "squashfs-tools") if name == "squashfs_tools"
+                           else (("umoci", "skopeo"), "umoci, skopeo"))
+        missing = [tool for tool in tools if not shutil.which(tool)]
+        return f"{', '.join(missing)} not installed (Debian packages {packages})" if missing else None
+    if name == "debian_image":
+        path = debian_image()
+        if os.access(path, os.R_OK):
+            return None
+        return f"no Debian image tar at {path} (.ci/run builds it with mmdebstrap; RBOX_TEST_DEBIAN_TAR)"
     if name == "install":
         from tests.integration.helpers import RBOX_SCRIPT
 
@@ -161,6 +175,11 @@ def probe(name: str) -> str | None:
     if name == "unprivileged":
         return None if os.geteuid() != 0 else "running as root: permission checks pass for every file"
     raise ValueError(name)
+
+
+def debian_image() -> str:
+    """A Debian userland as a tar (mmdebstrap, made by .ci/run as root before the suite)."""
+    return os.environ.get("RBOX_TEST_DEBIAN_TAR", "/var/cache/rbox-test/debian-bullseye.tar")
 
 
 def other_user() -> str:
