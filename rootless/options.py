@@ -104,6 +104,7 @@ UNSHARE_OPTIONS = (
 
 IMAGE_OPTIONS = (
     Opt(("--json",), "json", "`ls`, `inspect`: print JSON"),
+    Opt(("--force",), "force", "`export`: replace FILE if it exists"),
     Opt(("--debug",), "debug", "print every setup step; tracebacks for rbox's own errors"),
     Opt(("-h", "--help"), "help", "show this help and exit"),
 )
@@ -120,8 +121,8 @@ COMMANDS = {
     "check": ("[--json]", "Check what this host offers rbox: one finding per requirement, with the fix."),
     "unshare": ("[--] COMMAND [ARG...]", "Run COMMAND as uid 0 of a user namespace with your id map (to delete what "
                 "--root made)."),
-    "image": ("import SOURCE NAME | ls | inspect NAME | rm NAME", "Import, list, describe and remove images "
-              "(rbox(1), IMAGES)."),
+    "image": ("import SOURCE NAME | ls | inspect NAME | rm NAME | export NAME FILE", "Import, list, describe, "
+              "remove and export images (rbox(1), IMAGES)."),
 }
 
 
