@@ -59,13 +59,12 @@ def export(the_store: Store, name: str, meta: dict[str, object], dest: str, forc
         config = os.path.join(meta_dir, squash.CONFIG_NAME)
         with open(config, "wb") as f:
             f.write(squash.config_json(meta))
-        argv = ["run", "--root", "--net=none", "-T", "--ro-bind", rootfs, "--ro-bind", meta_dir,
-                f"--pass-fd={fd}", "--", mksquashfs, rootfs, f"/proc/self/fd/{fd}", "-noappend", "-no-xattrs",
-                "-no-progress", "-quiet", *compression(mksquashfs), *([] if store.keeps_owners() else ["-all-root"]),
+        argv = [mksquashfs, rootfs, f"/proc/self/fd/{fd}", "-noappend", "-no-xattrs", "-no-progress", "-quiet",
+                *compression(mksquashfs), *([] if store.keeps_owners() else ["-all-root"]),
                 "-p", f"/{squash.CONFIG_DIR} d 755 0 0",
                 "-p", f"{squash.CONFIG_PATH} f 444 0 0 cat {shlex.quote(config)}",
                 "-e", squash.CONFIG_DIR]            # last: -e takes the rest; an image's own /.rbox is left out
-        code, _ = store.sandbox(argv)
+        code, _ = store.sandbox(sandbox_argv(rootfs, meta_dir, fd) + argv)
         if code != 0:
             raise RboxError(f"mksquashfs failed (exit status {code}); `{dest}` was not written",
                             hint="its message above says why (a full disk, a quota?)")
@@ -81,6 +80,14 @@ def export(the_store: Store, name: str, meta: dict[str, object], dest: str, forc
         if meta_dir is not None:
             shutil.rmtree(meta_dir, ignore_errors=True)
     return dest
+
+
+def sandbox_argv(rootfs: str, meta_dir: str, fd: int) -> list[str]:
+    """mksquashfs's sandbox, up to its command: uid 0 over the subordinate ids (every
+    file of the image readable), no network, the image and the config shown read-only
+    (also when the store is under /tmp, which the sandbox has its own of), the output
+    only as the descriptor `fd`."""
+    return ["run", "--root", "--net=none", "-T", "--ro-bind", rootfs, "--ro-bind", meta_dir, f"--pass-fd={fd}", "--"]
 
 
 def _check_destination(dest: str, force: bool) -> None:

@@ -394,4 +394,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    # The module's imported copy, not __main__'s: squash.py's errors derive from its UnpackError.
+    from rootless.image import unpack
+
+    sys.exit(unpack.main(sys.argv[1:]))

@@ -14,6 +14,7 @@ from __future__ import annotations
 import lzma
 import os
 import random
+import signal
 import stat
 import struct
 import subprocess
@@ -191,13 +192,15 @@ def patch(data: bytes, old: bytes, new: bytes) -> bytes:
 
 
 def crafted(tmp_path: Path, kind: str, outside: Path) -> Path:
-    """An image that mksquashfs would not make, by patching names in its raw tables."""
-    src = tmp_path / f"src-{kind}"
-    src.mkdir()
+    """An image that mksquashfs would not make, by patching names in its raw tables. The
+    attack is in `sub/` (the root's listing is read by the parent too, for the config)."""
+    top = tmp_path / f"src-{kind}"
+    src = top / "sub"
+    src.mkdir(parents=True)
     if kind in ("symlink_then_dir", "absolute_symlink_then_dir"):
-        # `escapeAAAA1 -> outside` and a directory `escapeAAAA2/` with a file, renamed to
-        # the same name: the file would land in `outside` through the symlink.
-        os.symlink(str(outside) if kind.startswith("absolute") else "../../outside", src / "escapeAAAA1")
+        # `sub/escapeAAAA1 -> outside` (beside the target) and a directory `escapeAAAA2/`
+        # with a file, renamed to the same name: the file would land in `outside`.
+        os.symlink(symlink_target(kind, outside), src / "escapeAAAA1")
         (src / "escapeAAAA2").mkdir()
         (src / "escapeAAAA2/pwned").write_text("pwned\n")
         old, new = b"escapeAAAA2", b"escapeAAAA1"
@@ -215,9 +218,14 @@ def crafted(tmp_path: Path, kind: str, outside: Path) -> Path:
         old, new = b"nulXname", b"nul\0name"
     else:
         raise AssertionError(kind)
-    image = mksquashfs(src, tmp_path / f"{kind}.sqfs", *RAW)
+    image = mksquashfs(top, tmp_path / f"{kind}.sqfs", *RAW)
     image.write_bytes(patch(image.read_bytes(), old, new))
     return image
+
+
+def symlink_target(kind: str, outside: Path) -> str:
+    """From TARGET/sub/, the directory `outside` beside TARGET."""
+    return str(outside) if kind.startswith("absolute") else "../../outside"
 
 
 ATTACKS = {"symlink_then_dir": "two entries named b'escapeAAAA1' in one directory",
@@ -258,8 +266,17 @@ def test_crafted_directory_that_contains_itself(tmp_path: Path) -> None:
     struct.pack_into("<H", data, entry, root & 0xFFFF)
     image.write_bytes(bytes(data))
     (tmp_path / "t").mkdir()
-    with pytest.raises(UnpackError, match="a directory reached twice"):
-        unpack(image, tmp_path / "t")
+
+    def endless(signum: int, frame: object) -> None:
+        raise TimeoutError("the cycle was followed")
+    previous = signal.signal(signal.SIGALRM, endless)
+    signal.alarm(10)
+    try:
+        with pytest.raises(UnpackError, match="a directory reached twice"):
+            unpack(image, tmp_path / "t")
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_damaged_images_fail_cleanly(box: Path, tmp_path: Path) -> None:
