@@ -121,7 +121,8 @@ def test_export_refuses_to_overwrite_unless_forced(tmp_path: Path, env: dict[str
     imported(env, tmp_path, tmp_path / "t.tar", "t")
     (tmp_path / "out.sqfs").write_bytes(b"precious\n")
     r = image(env, tmp_path, "export", "t", "out.sqfs")
-    assert r.returncode == 125 and f"`{tmp_path}/out.sqfs` exists" in r.stderr and "--force" in r.stderr
+    assert (r.returncode, r.stderr) == (125, f"rbox: error: `{tmp_path}/out.sqfs` exists\n"
+                                             "hint: choose another name, or replace it with --force\n")
     assert (tmp_path / "out.sqfs").read_bytes() == b"precious\n"
     r = image(env, tmp_path, "export", "t", "out.sqfs", "--force")
     assert r.returncode == 0, r.stderr
