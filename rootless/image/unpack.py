@@ -161,6 +161,7 @@ class Unpacker:
                 os.mkfifo(base, 0o600, dir_fd=parent)
                 self._owner(base, parent, m)
                 os.chmod(base, self._mode(m), dir_fd=parent)
+                os.utime(base, ns=_times(m), dir_fd=parent, follow_symlinks=False)
             else:
                 self.notice(f"entries of tar type {m.type!r} skipped")
         finally:
