@@ -37,7 +37,7 @@ def pytest_configure(config: pytest.Config) -> None:
 PROBES = ("userns", "subuid", "slirp4netns", "pasta", "dns_stub", "vm", "vm_broken", "tmux", "install", "nosubid",
           "tiocsti", "zsh", "iproute2", "unprivileged", "two_users", "suppgroup", "keyrings",
           # Kernel facilities newer than rbox's floor (4.18): absent under tests/oldkernel's filter.
-          "pidfd", "old_kernel", "mount_api",
+          "pidfd", "old_kernel", "mount_api", "openat2",
           # Images: mksquashfs/unsquashfs, umoci and skopeo (the oracle), the Debian image .ci/run builds.
           "squashfs_tools", "oci_tools", "debian_image")
 
@@ -142,6 +142,13 @@ def probe(name: str) -> str | None:
         if not syscalls.has_mount_setattr():
             return "no mount_setattr (Linux 5.12) on this kernel: later host mounts are not shown at all"
         return None
+    if name == "openat2":
+        # RESOLVE_IN_ROOT (Linux 5.6): how the unpacker follows an image's own symlink
+        # (usr-merge: `lib -> usr/lib`, then `lib/x`); before it, such a layer is refused.
+        from rootless.image.unpack import has_openat2
+
+        return None if has_openat2() else "no openat2 (Linux 5.6) on this kernel: paths through an image's symlinks " \
+            "are refused"
     if name == "pidfd":
         # The test's own use of pidfd_open(2), Linux 5.3 (rbox falls back without it).
         try:
