@@ -1,0 +1,113 @@
+"""A real distribution: the Debian 11 (bullseye) minbase userland that .ci/run builds with
+mmdebstrap (.ci/debian-image; the host is Debian 12), imported from its tar and run.
+
+It really is another userland (os-release, dpkg's database, apt), `id` and `whoami`
+name you (root with --root), its owners and set-user-ID bits are kept, GNU tar unpacking
+the same tar as uid 0 of `rbox unshare` gives the same tree, and it survives an export
+to SquashFS and an import back.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import debian_image
+from tests.integration import test_image_oracle
+from tests.integration.helpers import run_rbox
+
+ORACLE = test_image_oracle.__file__          # run as a script: describes a tree as JSON
+
+pytestmark = [pytest.mark.needs_userns, pytest.mark.needs_debian_image]
+
+
+@pytest.fixture(scope="module")
+def deb(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
+    """The image `deb` in a store of this module's; a project directory to run from."""
+    top = tmp_path_factory.mktemp("debian")
+    env = {"RBOX_STORAGE": str(top / "store")}
+    r = run_rbox("image", "import", debian_image(), "deb", env=env, cwd=top, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr.count("device nodes skipped") == 1
+    (top / "project").mkdir()
+    return env, top / "project"
+
+
+def inside(deb: tuple[dict[str, str], Path], *argv: str) -> str:
+    env, project = deb
+    r = run_rbox("run", *argv, env=env, cwd=project)
+    assert r.returncode == 0, r.stderr
+    return r.stdout
+
+
+def test_it_is_debian_11_on_a_debian_12_host(deb: tuple[dict[str, str], Path]) -> None:
+    release = dict(line.split("=", 1) for line in inside(deb, "--image", "deb", "--", "cat", "/etc/os-release")
+                   .splitlines() if "=" in line)
+    assert release["VERSION_CODENAME"] == "bullseye" and release["ID"] == "debian"
+    host = Path("/etc/os-release").read_text()
+    assert "VERSION_CODENAME=bullseye" not in host
+    assert inside(deb, "--image", "deb", "--", "cat", "/etc/debian_version").startswith("11.")
+
+
+def test_dpkg_and_apt_work(deb: tuple[dict[str, str], Path]) -> None:
+    out = inside(deb, "--image", "deb", "--", "dpkg-query", "-W", "-f", "${Package} ${Status}\\n", "dpkg", "apt")
+    assert out.splitlines() == ["apt install ok installed", "dpkg install ok installed"]
+    assert "\nii  coreutils " in inside(deb, "--image", "deb", "--", "dpkg", "-l")
+    listed = inside(deb, "--image", "deb", "--", "sh", "-c", "apt list --installed 2>/dev/null")
+    assert any(line.startswith("apt/") and "[installed" in line for line in listed.splitlines())
+    assert inside(deb, "--image", "deb", "--", "apt", "--version").startswith("apt 2.2.")     # bullseye's
+
+
+def test_id_and_whoami_name_you(deb: tuple[dict[str, str], Path]) -> None:
+    me = pwd.getpwuid(os.getuid()).pw_name
+    assert inside(deb, "--image", "deb", "--", "sh", "-c", "whoami; id -un; id -u").split() == \
+        [me, me, str(os.getuid())]
+    assert inside(deb, "--root", "--image", "deb", "--", "sh", "-c", "whoami; id -u").split() == ["root", "0"]
+
+
+@pytest.mark.needs_subuid
+def test_owners_and_set_user_id_bits_stay(deb: tuple[dict[str, str], Path]) -> None:
+    out = inside(deb, "--root", "--image", "deb", "--", "stat", "-c", "%U:%G %a", "/etc/shadow", "/usr/bin/passwd",
+                 "/bin/mount")
+    assert out.splitlines() == ["root:shadow 640", "root:root 4755", "root:root 4755"]
+
+
+@pytest.mark.needs_subuid
+def test_same_tree_as_gnu_tar(deb: tuple[dict[str, str], Path], tmp_path: Path) -> None:
+    """GNU tar, as uid 0 of `rbox unshare` (so it may set the owners), unpacks the same tar:
+    both trees described there, with the image's ids. Devices: tar cannot make them
+    either (a user namespace), and rbox skips them."""
+    env, project = deb
+    store = Path(env["RBOX_STORAGE"])
+    theirs = tmp_path / "tar"
+    script = (f"mkdir {theirs} && {{ tar --numeric-owner -xpf {debian_image()} -C {theirs} 2>{tmp_path}/tar.err; "
+              f"true; }} && {sys.executable} {ORACLE} {theirs} > {tmp_path}/theirs.json && "
+              f"{sys.executable} {ORACLE} {store}/images/deb/rootfs > {tmp_path}/ours.json && rm -rf {theirs}")
+    r = run_rbox("unshare", "--", "sh", "-c", script, env=env, cwd=project, timeout=120)
+    assert r.returncode == 0, r.stderr
+    errors = (tmp_path / "tar.err").read_text().splitlines()
+    assert all("Cannot mknod: Operation not permitted" in e or "Exiting with failure status" in e for e in errors)
+    assert len(errors) >= 8                             # /dev/null, zero, ... (control: they were there)
+    ours = json.loads((tmp_path / "ours.json").read_text())
+    theirs_tree = json.loads((tmp_path / "theirs.json").read_text())
+    assert len(theirs_tree) > 4000
+    assert ours == theirs_tree
+    assert ours["usr/bin/passwd"][1:3] == [0o4755, [0, 0]]
+    assert ours["etc/shadow"][2] == [0, 42]
+
+
+def test_export_and_import_back(deb: tuple[dict[str, str], Path], tmp_path: Path) -> None:
+    env, project = deb
+    r = run_rbox("image", "export", "deb", str(tmp_path / "deb.sqfs"), env=env, cwd=project, timeout=120)
+    assert r.returncode == 0, r.stderr
+    r = run_rbox("image", "import", str(tmp_path / "deb.sqfs"), "deb2", env=env, cwd=project, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert inside(deb, "--image", "deb2", "--", "cat", "/etc/debian_version").startswith("11.")
+    r = run_rbox("image", "inspect", "deb2", "--json", env=env, cwd=project)
+    assert json.loads(r.stdout)["kind"] == "squashfs"
+    assert run_rbox("image", "rm", "deb2", env=env, cwd=project).returncode == 0
