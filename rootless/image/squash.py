@@ -35,9 +35,10 @@ Why a reader of rbox's own rather than `unsquashfs` (checked against squashfs-to
   with an invalid name (`.`, `..`, `/`, NUL) or a name twice is refused.
 - the parent reads an image's config without mounting it and without a C parser
   outside a sandbox; importing needs no squashfs-tools.
-The cost: gzip, xz and lzma are read with Python's zlib and lzma, zstd through the
-`zstd` program (one run per block: slower); lzo and lz4 (no decoder in Python's
-standard library) are refused with the workaround. Extended attributes are not read
+The cost: gzip, xz and lzma are read with Python's zlib and lzma, zstd with libzstd
+through ctypes (syscalls.zstd_decompress; the `zstd` program, one run per block, where
+the library is missing); lzo and lz4 (no decoder in Python's standard library) are
+refused with the workaround. Extended attributes are not read
 (the unpacker sets none, for tar layers either).
 
 Format: squashfs(5) of Linux (fs/squashfs), version 4.0, little-endian: a superblock,
@@ -474,7 +475,18 @@ def _lzma(data: bytes, limit: int, kind: int) -> bytes:
 
 
 def _zstd(data: bytes, limit: int) -> bytes:
-    """Python 3.11 has no zstd: the `zstd` program, its output read to `limit` at most."""
+    """Python 3.11 has no zstd: libzstd through ctypes (syscalls.py), else the `zstd`
+    program, its output read to `limit` at most."""
+    from rootless import syscalls as sc
+
+    try:
+        out = sc.zstd_decompress(data, limit)
+    except ValueError:
+        raise SquashError("corrupt SquashFS: a zstd block does not decompress, or is larger than a block") from None
+    return out if out is not None else _zstd_program(data, limit)
+
+
+def _zstd_program(data: bytes, limit: int) -> bytes:
     import subprocess
     import threading
 
