@@ -11,8 +11,10 @@ The archive: --tar, else the Debian userland the tests use ($RBOX_TEST_DEBIAN_TA
 (under a/ and b/: 160+ MB of a real root file system), else the host's /usr/lib and
 /usr/share/perl* up to 150 MB. Everything is written below --dir (default: the current
 directory), so both sides write to the same file system; the archive is read once
-before timing (page cache). Rounds are interleaved, medians printed, with the ratio of
-speeds (tar's time / rbox's: 1.0 is as fast as tar, the target in issue 14 is >= 0.8).
+before timing (page cache), and sync(2) runs before each timed step, so that none pays
+for the writeback of the one before (none of them syncs its own). Rounds are
+interleaved, medians printed, with the ratio of speeds (tar's time / rbox's: 1.0 is as
+fast as tar, the target in issue 14 is >= 0.8).
 
 What each side does: `tar -xpf` only unpacks. `rbox image import` also copies the
 archive into the store while computing its sha256 digest, starts the unpacking sandbox,
@@ -64,6 +66,7 @@ def make_archive(path: str) -> str:
 
 
 def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+    os.sync()                   # the previous step's writeback (and deletions) not counted here
     start = time.perf_counter()
     r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     took = time.perf_counter() - start
@@ -78,6 +81,7 @@ def unpack_only(archive: str, target: str) -> float:
     from rootless.image.unpack import Unpacker
 
     os.mkdir(target)
+    os.sync()
     start = time.perf_counter()
     u = Unpacker(target, False)
     with open(archive, "rb") as f:
