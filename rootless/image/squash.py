@@ -56,6 +56,7 @@ import tarfile
 import zlib
 from collections.abc import Callable, Iterator
 
+from rootless.image.sources import CONFIG_KEYS
 from rootless.image.unpack import UnpackError
 
 MAGIC = b"hsqs"
@@ -63,7 +64,6 @@ CONFIG_DIR = ".rbox"
 CONFIG_NAME = "image.json"
 CONFIG_PATH = f"/{CONFIG_DIR}/{CONFIG_NAME}"
 FORMAT = 1
-CONFIG_KEYS = ("Env", "Entrypoint", "Cmd", "WorkingDir", "User")
 MAX_CONFIG = 1 << 20
 
 SUPERBLOCK = struct.Struct("<IIIIIHHHHHHQQQQQQQQ")

@@ -13,6 +13,7 @@ import json
 import os
 import pwd
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ import pytest
 from tests.conftest import debian_image
 from tests.integration import test_image_oracle
 from tests.integration.helpers import run_rbox
+from tests.integration.test_image_squash import remove_store
 
 ORACLE = test_image_oracle.__file__          # run as a script: describes a tree as JSON
 
@@ -27,15 +29,18 @@ pytestmark = [pytest.mark.needs_userns, pytest.mark.needs_debian_image]
 
 
 @pytest.fixture(scope="module")
-def deb(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict[str, str], Path]:
+def deb(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[dict[str, str], Path]]:
     """The image `deb` in a store of this module's; a project directory to run from."""
     top = tmp_path_factory.mktemp("debian")
     env = {"RBOX_STORAGE": str(top / "store")}
-    r = run_rbox("image", "import", debian_image(), "deb", env=env, cwd=top, timeout=120)
-    assert r.returncode == 0, r.stderr
-    assert r.stderr.count("device nodes skipped") == 1
     (top / "project").mkdir()
-    return env, top / "project"
+    try:
+        r = run_rbox("image", "import", debian_image(), "deb", env=env, cwd=top, timeout=120)
+        assert r.returncode == 0, r.stderr
+        assert r.stderr.count("device nodes skipped") == 1
+        yield env, top / "project"
+    finally:
+        remove_store(top / "store")
 
 
 def inside(deb: tuple[dict[str, str], Path], *argv: str) -> str:
