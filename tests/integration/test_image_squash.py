@@ -233,16 +233,23 @@ def test_a_file_made_during_the_export_is_not_replaced(tmp_path: Path, big: dict
 
 
 def wait_for_mksquashfs(proc: subprocess.Popen[str]) -> int:
-    """The pid of the mksquashfs an export started."""
+    """The pid of the mksquashfs an export started in its sandbox (not `mksquashfs -help`,
+    which export.compression runs first, nor a child mksquashfs forks for the pseudo
+    file's command, briefly called mksquashfs too)."""
     found: list[int] = []
+
+    def comm(pid: int) -> str:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
 
     def look() -> bool:
         for pid in descendants(proc.pid):
             try:
-                if Path(f"/proc/{pid}/comm").read_text().strip() == "mksquashfs":
+                parent = int(Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[1])
+                argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+                if comm(pid) == "mksquashfs" and comm(parent) != "mksquashfs" and b"-noappend" in argv:
                     found.append(pid)
                     return True
-            except OSError:
+            except (OSError, ValueError, IndexError):
                 continue
         return proc.poll() is not None
     assert wait_until(look, timeout=30) and found, proc.communicate(timeout=30)
