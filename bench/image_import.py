@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -65,11 +66,20 @@ def make_archive(path: str) -> str:
     return "the host's /usr/lib and /usr/share/perl*"
 
 
-def timed(argv: list[str], env: dict[str, str] | None = None) -> float:
+CPU: dict[str, list[float]] = {}        # name -> CPU seconds (user + system) of each run
+
+
+def cpu(who: int) -> float:
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
+
+
+def timed(argv: list[str], env: dict[str, str] | None = None, name: str = "") -> float:
     os.sync()                   # the previous step's writeback (and deletions) not counted here
-    start = time.perf_counter()
+    start, before = time.perf_counter(), cpu(resource.RUSAGE_CHILDREN)
     r = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     took = time.perf_counter() - start
+    CPU.setdefault(name, []).append(cpu(resource.RUSAGE_CHILDREN) - before)
     errors = [line for line in r.stderr.decode(errors="replace").splitlines()
               if "Cannot mknod" not in line and "Exiting with failure status" not in line]
     if r.returncode != 0 and (argv[0] != "tar" or errors):
@@ -82,11 +92,12 @@ def unpack_only(archive: str, target: str) -> float:
 
     os.mkdir(target)
     os.sync()
-    start = time.perf_counter()
+    start, before = time.perf_counter(), cpu(resource.RUSAGE_SELF)
     u = Unpacker(target, False)
     with open(archive, "rb") as f:
         u.layer(f)
     u.close()
+    CPU.setdefault("unpack only", []).append(cpu(resource.RUSAGE_SELF) - before)
     return time.perf_counter() - start
 
 
@@ -128,36 +139,47 @@ def run(args: argparse.Namespace, rbox: list[str], work: str) -> None:
     for number in range(args.rounds):
         theirs = os.path.join(work, f"tar-{number}")
         os.mkdir(theirs)
-        times["tar -xpf"].append(timed(["tar", "-xpf", archive, "-C", theirs]))
-        times["rbox image import"].append(timed([*rbox, "image", "import", archive, "bench"], env))
+        times["tar -xpf"].append(timed(["tar", "-xpf", archive, "-C", theirs], name="tar -xpf"))
+        # A new name each round: replacing an image removes the old one, which is not import's work.
+        times["rbox image import"].append(timed([*rbox, "image", "import", archive, f"bench{number}"], env,
+                                                name="rbox image import"))
         times["unpack only"].append(unpack_only(archive, os.path.join(work, f"only-{number}")))
         remove(os.path.join(work, f"only-{number}"))
         if shutil.which("mksquashfs"):
             plain, ours = os.path.join(work, "plain.sqfs"), os.path.join(work, "ours.sqfs")
             export["mksquashfs"].append(timed(["mksquashfs", theirs, plain, "-noappend", "-quiet", "-no-progress",
-                                               "-no-xattrs", *comp]))
-            export["rbox image export"].append(timed([*rbox, "image", "export", "bench", ours, "--force"], env))
+                                               "-no-xattrs", *comp], name="mksquashfs"))
+            export["rbox image export"].append(timed([*rbox, "image", "export", f"bench{number}", ours, "--force"],
+                                                     env, name="rbox image export"))
             out = os.path.join(work, "unsquashed")
-            back["unsquashfs -d"].append(timed(["unsquashfs", "-q", "-n", "-d", out, ours]))
+            back["unsquashfs -d"].append(timed(["unsquashfs", "-q", "-n", "-d", out, ours], name="unsquashfs -d"))
             remove(out)
-            back["rbox image import"].append(timed([*rbox, "image", "import", ours, "back"], env))
+            back["rbox image import"].append(timed([*rbox, "image", "import", ours, f"back{number}"], env,
+                                                   name="rbox image import (SquashFS)"))
+            subprocess.run([*rbox, "image", "rm", f"back{number}"], env=env, check=True)
+        subprocess.run([*rbox, "image", "rm", f"bench{number}"], env=env, check=True)
         remove(theirs)
-    print(f"archive: {mb:.0f} MB from {origin}; {args.rounds} rounds, interleaved; medians\n")
+    print(f"archive: {mb:.0f} MB from {origin}; {args.rounds} rounds, interleaved; medians; "
+          f"load average {os.getloadavg()[0]:.1f} at the end\n")
     report(times, "tar -xpf", mb)
     if export["mksquashfs"]:
         size = os.path.getsize(os.path.join(work, "ours.sqfs")) / 1e6
         print(f"\nexport of that image to SquashFS (zstd level 3 on both sides), {size:.0f} MB written:")
         report(export, "mksquashfs", mb)
         print(f"\nimport of rbox's SquashFS file ({size:.0f} MB, zstd) against unsquashfs to a directory:")
-        report(back, "unsquashfs -d", mb)
+        report(back, "unsquashfs -d", mb, cpu_names={"rbox image import": "rbox image import (SquashFS)"})
 
 
-def report(times: dict[str, list[float]], base_name: str, mb: float) -> None:
+def report(times: dict[str, list[float]], base_name: str, mb: float, cpu_names: dict[str, str] | None = None) -> None:
+    """Wall time (and its ratio of speeds), and CPU time (user + system, children
+    included: the sandbox's processes count for rbox), which a busy machine disturbs less."""
     base = statistics.median(times[base_name])
-    print(f"  {'':<20} {'median':>8} {'MB/s':>7} {'speed vs ' + base_name:>22}")
+    print(f"  {'':<20} {'median':>8} {'MB/s':>7} {'speed vs ' + base_name:>22} {'CPU':>8}")
     for name, values in times.items():
         med = statistics.median(values)
-        print(f"  {name:<20} {med:7.2f}s {mb / med:7.0f} {base / med:21.2f}x")
+        spent = CPU.get((cpu_names or {}).get(name, name))
+        shown = f"{statistics.median(spent):7.2f}s" if spent else ""
+        print(f"  {name:<20} {med:7.2f}s {mb / med:7.0f} {base / med:21.2f}x {shown:>8}")
 
 
 if __name__ == "__main__":
