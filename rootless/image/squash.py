@@ -425,7 +425,8 @@ class Members:
             self.notices.append(text)
 
     def extractfile(self, member: tarfile.TarInfo) -> Reader | None:
-        if self.current is None or self.current[0] is not member:
+        """The bytes of the member just given, if it is a regular file (else None, as tarfile)."""
+        if self.current is None or self.current[0] is not member or self.current[1].kind != FILE:
             return None
         return Reader(self.image.chunks(self.current[1]))
 
@@ -437,12 +438,16 @@ class Reader:
         self.chunks, self.pending = chunks, b""
 
     def read(self, n: int = -1) -> bytes:
+        """Up to `n` bytes (at most one block's: what is left of it); all the rest when n < 0."""
+        if n < 0:
+            out, self.pending = self.pending + b"".join(self.chunks), b""
+            return out
         while not self.pending:
             chunk = next(self.chunks, None)
             if chunk is None:
                 return b""
             self.pending = chunk
-        if n < 0 or n >= len(self.pending):
+        if n >= len(self.pending):
             out, self.pending = self.pending, b""
         else:
             out, self.pending = self.pending[:n], self.pending[n:]

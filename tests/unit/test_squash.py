@@ -110,6 +110,25 @@ def test_owners_devices_sockets_as_members(tmp_path: Path) -> None:
     assert (found["abs"].type, found["abs"].linkname) == (tarfile.SYMTYPE, "/etc/app")
 
 
+def test_extractfile_as_tarfile_does(tmp_path: Path) -> None:
+    """A regular file's bytes (read(n) a piece, read() to the end); None for anything else."""
+    src = tmp_path / "src"
+    src.mkdir()
+    data = os.urandom(300_000)
+    (src / "f").write_bytes(data)
+    os.symlink("f", src / "s")
+    fd = os.open(mksquashfs(src, tmp_path / "i.sqfs", "-b", "4K"), os.O_RDONLY)
+    try:
+        members = squash.Image(fd).members()
+        seen = {}
+        for m in members:
+            reader = members.extractfile(m)
+            seen[m.name] = None if reader is None else reader.read(10) + reader.read()
+    finally:
+        os.close(fd)
+    assert seen == {".": None, "f": data, "s": None}
+
+
 def test_single_id_flattens_strips_and_skips_each_said_once(box: Path, tmp_path: Path) -> None:
     src = tmp_path / "src"
     src.mkdir()
