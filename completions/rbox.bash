@@ -18,8 +18,9 @@ _rbox() {
         "") COMPREPLY=($(compgen -W "run sh check unshare image ps exec stop stats logs -h --help --version --debug" -- "$cur"));;
         run) COMPREPLY=($(compgen -W "-d --detach --name --root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --bind-try --ro-bind-try --tmpfs --hide --overlay --rootfs --image --read-only --persist --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight --pass-fd -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
         sh) COMPREPLY=($(compgen -W "-l --login -c --root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --bind-try --ro-bind-try --tmpfs --hide --overlay --rootfs --image --read-only --persist --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight --pass-fd -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
-        check|image) COMPREPLY=($(compgen -W "--json --debug -h --help" -- "$cur"));;
+        check) COMPREPLY=($(compgen -W "--json --debug -h --help" -- "$cur"));;
         unshare) COMPREPLY=($(compgen -W "--debug -h --help" -- "$cur"));;
+        image) COMPREPLY=($(compgen -W "--json --force --debug -h --help" -- "$cur"));;
         ps) COMPREPLY=($(compgen -W "-a --all --json --debug -h --help" -- "$cur"));;
         exec) COMPREPLY=($(compgen -W "-t --tty -T --no-tty -e --env -w --workdir --debug -h --help" -- "$cur"));;
         stop) COMPREPLY=($(compgen -W "-a --all -t --time --debug -h --help" -- "$cur"));;

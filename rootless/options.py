@@ -149,6 +149,7 @@ LOGS_OPTIONS = (
 
 IMAGE_OPTIONS = (
     PS_OPTIONS[1],
+    Opt(("--force",), "force", "`export`: replace FILE if it exists"),
     _DEBUG, _HELP,
 )
 
@@ -165,8 +166,8 @@ COMMANDS = {
     "check": ("[--json]", "Check what this host offers rbox: one finding per requirement, with the fix."),
     "unshare": ("[--] COMMAND [ARG...]", "Run COMMAND as uid 0 of a user namespace with your id map (to delete what "
                 "--root made)."),
-    "image": ("import SOURCE NAME | ls | inspect NAME | rm NAME", "Import, list, describe and remove images "
-              "(rbox(1), IMAGES)."),
+    "image": ("import SOURCE NAME | ls | inspect NAME | rm NAME | export NAME FILE", "Import, list, describe, "
+              "remove and export images (rbox(1), IMAGES)."),
     "ps": ("[-a] [--json]", "List your named sandboxes that are running (-a: also those that have exited)."),
     "exec": ("[OPTIONS] NAME [--] COMMAND [ARG...]", "Run COMMAND inside the running sandbox NAME, as contained as "
              "its own command."),

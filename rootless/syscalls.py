@@ -1,8 +1,10 @@
 """The system calls Python 3.11 lacks, and process controls.
 
-Runs in: stage-1 and init (the parent only uses `prctl` helpers).
+Runs in: stage-1 and init (the parent only uses `prctl` helpers and statfs; the SquashFS
+reader, in the parent and the unpacking sandbox, zstd_decompress).
 
-This is the only module that uses ctypes. libc is loaded once with use_errno=True and
+This is the only module that uses ctypes (also for libzstd's one function, which the
+SquashFS reader needs and Python 3.11 lacks). libc is loaded once with use_errno=True and
 every wrapper raises OSError(errno, strerror, path) through `oserror()`, so errno is never
 lost (udocker's `os.strerror(-1)` is the counter-example). Kernel constants keep their
 kernel names. Process controls (PDEATHSIG, NO_NEW_PRIVS, the capability bounding set) go
@@ -286,3 +288,28 @@ def statfs_type(path: str) -> int:
     if _libc.statfs(_b(path), buf) < 0:
         raise oserror("statfs", path)
     return ctypes.c_long.from_buffer(buf).value & 0xFFFFFFFF
+
+
+_zstd: ctypes.CDLL | None = None
+
+
+def zstd_decompress(data: bytes, limit: int) -> bytes | None:
+    """One zstd frame decompressed by libzstd (Python 3.11 has no zstd module) into at
+    most `limit` bytes: a frame that holds more is an error, so a hostile one cannot
+    take memory (ZSTD_decompress stops at dstCapacity). None when libzstd.so.1 is not
+    there (the caller runs the `zstd` program instead); ValueError for bad data."""
+    global _zstd
+    if _zstd is None:
+        try:
+            _zstd = ctypes.CDLL("libzstd.so.1")
+        except OSError:
+            return None
+        _zstd.ZSTD_decompress.restype = ctypes.c_size_t
+        _zstd.ZSTD_decompress.argtypes = (ctypes.c_void_p, ctypes.c_size_t, ctypes.c_char_p, ctypes.c_size_t)
+        _zstd.ZSTD_isError.restype = ctypes.c_uint
+        _zstd.ZSTD_isError.argtypes = (ctypes.c_size_t,)
+    out = ctypes.create_string_buffer(max(limit, 1))
+    size = _zstd.ZSTD_decompress(out, limit, data, len(data))
+    if _zstd.ZSTD_isError(size):
+        raise ValueError("zstd: the frame does not decompress within its size")
+    return out.raw[:size]

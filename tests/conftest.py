@@ -37,11 +37,13 @@ def pytest_configure(config: pytest.Config) -> None:
 PROBES = ("userns", "subuid", "slirp4netns", "pasta", "dns_stub", "vm", "vm_broken", "tmux", "install", "nosubid",
           "tiocsti", "zsh", "iproute2", "unprivileged", "two_users", "suppgroup", "keyrings",
           # Kernel facilities newer than rbox's floor (4.18): absent under tests/oldkernel's filter.
-          "pidfd", "old_kernel", "mount_api",
+          "pidfd", "old_kernel", "mount_api", "openat2",
           # A Slurm cluster this user can run jobs on (tests/slurm/cluster), Open MPI's tools.
           "slurm", "slurm_memory", "mpi",
           # Overlays (#14): the kernel's overlayfs in a user namespace, and the FUSE programs.
-          "kernel_overlay", "fuse_overlayfs", "squashfuse")
+          "kernel_overlay", "fuse_overlayfs", "squashfuse",
+          # Images: mksquashfs/unsquashfs, umoci and skopeo (the oracle), the Debian image .ci/run builds.
+          "squashfs_tools", "oci_tools", "debian_image")
 
 
 @functools.cache
@@ -95,6 +97,18 @@ def probe(name: str) -> str | None:
 
         tool = "ip" if name == "iproute2" else name
         return None if shutil.which(tool) else f"{tool} is not installed (Debian package {name})"
+    if name in ("squashfs_tools", "oci_tools"):
+        import shutil
+
+        tools, packages = ((("mksquashfs", "unsquashfs"), "squashfs-tools") if name == "squashfs_tools"
+                           else (("umoci", "skopeo"), "umoci, skopeo"))
+        missing = [tool for tool in tools if not shutil.which(tool)]
+        return f"{', '.join(missing)} not installed (Debian packages {packages})" if missing else None
+    if name == "debian_image":
+        path = debian_image()
+        if os.access(path, os.R_OK):
+            return None
+        return f"no Debian image tar at {path} (.ci/run builds it with mmdebstrap; RBOX_TEST_DEBIAN_TAR)"
     if name == "install":
         from tests.integration.helpers import RBOX_SCRIPT
 
@@ -148,6 +162,13 @@ def probe(name: str) -> str | None:
         if not os.access("/dev/fuse", os.R_OK | os.W_OK):
             return "/dev/fuse is missing or not usable (.ci/setup-host makes it 0666)"
         return None
+    if name == "openat2":
+        # RESOLVE_IN_ROOT (Linux 5.6): how the unpacker follows an image's own symlink
+        # (usr-merge: `lib -> usr/lib`, then `lib/x`); before it, such a layer is refused.
+        from rootless.image.unpack import has_openat2
+
+        return None if has_openat2() else "no openat2 (Linux 5.6) on this kernel: paths through an image's symlinks " \
+            "are refused"
     if name == "pidfd":
         # The test's own use of pidfd_open(2), Linux 5.3 (rbox falls back without it).
         try:
@@ -212,6 +233,9 @@ mount("overlay", "/tmp/m", "overlay", "lowerdir=/tmp/l,upperdir=/tmp/u,workdir=/
 os.mkdir("/tmp/m/x")
 assert os.path.isdir("/tmp/u/x")
 """
+def debian_image() -> str:
+    """A Debian userland as a tar (mmdebstrap, made by .ci/run as root before the suite)."""
+    return os.environ.get("RBOX_TEST_DEBIAN_TAR", "/var/cache/rbox-test/debian-bullseye.tar")
 
 
 def other_user() -> str:

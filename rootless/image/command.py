@@ -16,8 +16,8 @@ from rootless.errors import RboxError, SpecError
 from rootless.image import sources, store
 from rootless.image.store import Store
 
-SUBCOMMANDS = {"import": 2, "ls": 0, "inspect": 1, "rm": 1}
-USAGE = "rbox image import SOURCE NAME | ls [--json] | inspect NAME [--json] | rm NAME"
+SUBCOMMANDS = {"import": 2, "ls": 0, "inspect": 1, "rm": 1, "export": 2}
+USAGE = "rbox image import SOURCE NAME | ls [--json] | inspect NAME [--json] | rm NAME | export NAME FILE [--force]"
 
 
 def run(args: list[str], values: dict[str, object], environ: dict[str, str]) -> int:
@@ -48,6 +48,11 @@ def run(args: list[str], values: dict[str, object], environ: dict[str, str]) -> 
         listing(the_store, as_json)
     elif sub == "inspect":
         inspect(the_store, words[0], as_json)
+    elif sub == "export":
+        from rootless.image import export
+
+        log.out(export.export(the_store, words[0], load(the_store, words[0]), words[1], bool(values.get("force")))
+                + "\n")
     else:
         remove(the_store, words[0])
     return 0

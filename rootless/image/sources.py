@@ -1,5 +1,6 @@
-"""What `rbox image import` reads: a directory, a tar, a `docker save` archive or an OCI
-image layout (a directory or a tar of one), turned into layer files and a config.
+"""What `rbox image import` reads: a directory, a tar, a `docker save` archive, an OCI
+image layout (a directory or a tar of one) or a SquashFS file, turned into layer files
+and a config.
 
 Runs in: parent. Nothing here writes into the image's tree: the layers are copied as
 files into the staging directory (by names this module chooses) and unpacked by the
@@ -16,7 +17,7 @@ import platform
 import tarfile
 
 from rootless.errors import RboxError
-from rootless.image.unpack import ZSTD_MAGIC
+from rootless.image.unpack import ZSTD_MAGIC, UnpackError
 
 OCI_INDEX = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
 REF_NAME = "org.opencontainers.image.ref.name"
@@ -33,8 +34,8 @@ class Imported:
 
 def bad(source: str, why: str) -> RboxError:
     return RboxError(f"cannot import `{source}`: {why}",
-                     hint="SOURCE is a directory, a tar (plain, gzip, xz, zstd), a `docker save` archive, or an OCI "
-                          "image layout (a directory or tar; oci:PATH[:TAG]); see rbox(1), IMAGES")
+                     hint="SOURCE is a directory, a tar (plain, gzip, xz, zstd), a `docker save` archive, an OCI "
+                          "image layout (a directory or tar; oci:PATH[:TAG]) or a SquashFS file; see rbox(1), IMAGES")
 
 
 class Files:
@@ -107,6 +108,8 @@ def read(source: str, staging: str) -> Imported:
         return _directory(source, path, staging)
     if not os.path.isdir(path) and _zstd(path):
         return _plain(path, staging)      # tarfile cannot read zstd: the unpacker pipes it through `zstd`
+    if not source.startswith("oci:") and _squashfs_magic(path):
+        return _squashfs(source, path, staging)
     files = Files(source, path)
     if files.exists("oci-layout") and files.exists("index.json"):
         return _oci(files, tag, staging)
@@ -115,6 +118,27 @@ def read(source: str, staging: str) -> Imported:
     if files.exists("manifest.json"):
         return _docker(files, staging)
     return _plain(path, staging)
+
+
+def _squashfs(source: str, path: str, staging: str) -> Imported:
+    """A SquashFS file: one layer, which the unpacker reads with squash.py; the config an
+    export put in /.rbox/image.json is read here, from the copy (never mounted)."""
+    from rootless.image import squash
+
+    layer = os.path.join(staging, "layer-1")
+    digest = _copy_file(path, layer)
+    try:
+        config = squash.read_sqfs_config(layer)
+    except UnpackError as e:
+        raise bad(source, str(e)) from None
+    return Imported("squashfs", [layer], [digest], config, digest)
+
+
+def _squashfs_magic(path: str) -> bool:
+    if not os.path.isfile(path):             # a directory, or a FIFO (opening it would wait for a writer)
+        return False
+    with open(path, "rb") as f:
+        return f.read(4) == b"hsqs"         # squash.MAGIC (squash.py is imported only for SquashFS)
 
 
 def _zstd(path: str) -> bool:

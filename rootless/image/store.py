@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import sys
 
 from rootless import syscalls as sc
@@ -188,10 +189,14 @@ def sandbox(argv: list[str], capture: bool = False) -> tuple[int, str]:
     profile's binds must not widen the unpacking sandbox), from `/` (no cwd bind); its
     exit status, and its standard output when `capture`."""
     read_end, write_end = os.pipe() if capture else (-1, -1)
+    caller = os.getpid()
     pid = os.fork()
     if pid == 0:
         code = 125
         try:
+            sc.set_pdeathsig(signal.SIGKILL)    # a killed import or export takes its sandbox along (prctl(2))
+            if os.getppid() != caller:
+                os._exit(code)                  # it died before that took effect
             if capture:
                 os.dup2(write_end, 1)
                 os.close(read_end)

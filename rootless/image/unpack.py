@@ -47,6 +47,18 @@ ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
 
 Path = tuple[str, ...]
 
+TYPE_CHECKING = False  # not `from typing import ...`: typing costs 9 ms at start-up (run --image imports this)
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from typing import IO, Any, Protocol
+
+    class Members(Protocol):
+        """What a layer is to the unpacker: tarfile.TarFile, or squash.Members."""
+
+        def __iter__(self) -> Iterator[tarfile.TarInfo]: ...
+
+        def extractfile(self, member: tarfile.TarInfo, /) -> IO[bytes] | Any | None: ...
+
 
 class UnpackError(Exception):
     pass
@@ -85,19 +97,24 @@ class Unpacker:
 
     def layer(self, stream: object) -> None:
         """One tar archive (any compression tarfile knows), applied over the tree."""
-        made: set[Path] = set()           # what this layer wrote (an opaque marker keeps it)
-        dirs: list[tuple[Path, tarfile.TarInfo]] = []
         try:
             with tarfile.open(fileobj=stream, mode="r|*") as tar:  # type: ignore[call-overload]
-                for member in tar:
-                    self.member(tar, member, made, dirs)
+                self.members(tar)
         except tarfile.TarError as e:
             raise UnpackError(f"not a valid tar archive: {e}") from None
+
+    def members(self, tar: Members) -> None:
+        """One layer's entries, applied over the tree: a tar archive's, or a SquashFS
+        image's as squash.py reads them (the same rules for both)."""
+        made: set[Path] = set()           # what this layer wrote (an opaque marker keeps it)
+        dirs: list[tuple[Path, tarfile.TarInfo]] = []
+        for member in tar:
+            self.member(tar, member, made, dirs)
         # Directory modes last (as tar does): a 0555 directory must not stop its own files.
         for path, member in reversed(dirs):
             self._dir_metadata(path, member)
 
-    def member(self, tar: tarfile.TarFile, m: tarfile.TarInfo, made: set[Path],
+    def member(self, tar: Members, m: tarfile.TarInfo, made: set[Path],
                dirs: list[tuple[Path, tarfile.TarInfo]]) -> None:
         path = parts(m.name)
         try:
@@ -105,7 +122,7 @@ class Unpacker:
         except OSError as e:
             raise UnpackError(f"cannot unpack `{m.name[:200]}`: {e.strerror}") from None
 
-    def _member(self, tar: tarfile.TarFile, m: tarfile.TarInfo, path: Path, made: set[Path],
+    def _member(self, tar: Members, m: tarfile.TarInfo, path: Path, made: set[Path],
                 dirs: list[tuple[Path, tarfile.TarInfo]]) -> None:
         if not path:
             if m.isdir():
@@ -144,6 +161,7 @@ class Unpacker:
                 os.mkfifo(base, 0o600, dir_fd=parent)
                 self._owner(base, parent, m)
                 os.chmod(base, self._mode(m), dir_fd=parent)
+                os.utime(base, ns=_times(m), dir_fd=parent, follow_symlinks=False)
             else:
                 self.notice(f"entries of tar type {m.type!r} skipped")
         finally:
@@ -229,7 +247,7 @@ class Unpacker:
         finally:
             os.close(fd)
 
-    def _file(self, tar: tarfile.TarFile, m: tarfile.TarInfo, parent: int, base: str) -> None:
+    def _file(self, tar: Members, m: tarfile.TarInfo, parent: int, base: str) -> None:
         fd = os.open(base, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                      dir_fd=parent)
         with os.fdopen(fd, "wb") as out:
@@ -310,15 +328,19 @@ def _exists(parent: int, base: str) -> bool:
     return True
 
 
+def head(fd: int) -> bytes:
+    """A layer's first bytes, which say its format (b"" when it cannot be read there)."""
+    try:
+        return os.pread(fd, 4, 0)
+    except OSError:
+        return b""
+
+
 def open_layer(fd: int) -> tuple[object, object]:
     """A layer's bytes, decompressed, and the `zstd` process doing it (or None):
     tarfile's stream mode knows gzip, bzip2 and xz; zstd, which Python 3.11 lacks, goes
     through the `zstd` program. The store passes regular files (pread needs no seek)."""
-    try:
-        head = os.pread(fd, 4, 0)
-    except OSError:
-        head = b""
-    if head != ZSTD_MAGIC:
+    if head(fd) != ZSTD_MAGIC:
         return os.fdopen(fd, "rb"), None
     import subprocess
 
@@ -331,6 +353,18 @@ def open_layer(fd: int) -> tuple[object, object]:
     return proc.stdout, proc
 
 
+def squashfs(unpacker: Unpacker, fd: int) -> None:
+    """A SquashFS image as one layer, read by squash.py (its docstring says why not unsquashfs)."""
+    from rootless.image import squash
+
+    members = squash.Image(fd).members()
+    try:
+        unpacker.members(members)
+    finally:
+        for text in members.notices:
+            unpacker.notice(text)
+
+
 def main(argv: list[str]) -> int:
     """`unpack [--keep-owners] TARGET FD...`: the layers, bottom first, as open descriptors."""
     keep = argv[:1] == ["--keep-owners"]
@@ -340,8 +374,11 @@ def main(argv: list[str]) -> int:
     unpacker = Unpacker(target, keep)
     try:
         for number, fd in enumerate(fds, 1):
-            stream, proc = open_layer(fd)
             try:
+                if head(fd) == b"hsqs":
+                    squashfs(unpacker, fd)
+                    continue
+                stream, proc = open_layer(fd)
                 unpacker.layer(stream)
                 if proc is not None and proc.wait() != 0:  # type: ignore[attr-defined]
                     raise UnpackError("zstd could not decompress it")
@@ -358,4 +395,7 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    # The module's imported copy, not __main__'s: squash.py's errors derive from its UnpackError.
+    from rootless.image import unpack
+
+    sys.exit(unpack.main(sys.argv[1:]))

@@ -53,6 +53,8 @@ EXEC = "tests/integration/test_exec.py::"
 SEC_EXEC = SEC + "test_exec.py::"
 NAMED = "tests/integration/test_named.py::"
 FAULTS = "tests/robustness/test_named_faults.py::"
+SQUASH = "tests/unit/test_squash.py::"
+SQUASH_RUN = "tests/integration/test_image_squash.py::"
 RUN_WORDS = " ".join(name for opt in options_for("run") for name in opt.names)
 
 
@@ -429,6 +431,47 @@ MUTATIONS = [
     M("a store on NFS is used (servers refuse files of subordinate ids)",
       "rootless/image/store.py", "        if kind is not None:", "        if False:",
       "tests/integration/test_image.py::test_store_on_a_network_file_system_is_refused"),
+    # --- SquashFS: the reader (rootless/image/squash.py) and the export (export.py)
+    M("a directory with one name twice: a symlink, then a directory of that name with a file",
+      "rootless/image/squash.py", "                if name in seen:", "                if False:",
+      SQUASH + "test_crafted_image_is_refused_and_writes_nothing_outside[symlink_then_dir]",
+      SEC + "test_image_squash.py::test_crafted_squashfs_import_writes_nothing_outside[symlink_then_dir]"),
+    M("names with `..`, `/` or NUL in a SquashFS directory are used",
+      "rootless/image/squash.py", '                if name in (b".", b"..") or b"/" in name or b"\\0" in name:',
+      "                if False:",
+      SQUASH + "test_crafted_image_is_refused_and_writes_nothing_outside[dotdot_dir]",
+      SQUASH + "test_crafted_image_is_refused_and_writes_nothing_outside[slash_name]"),
+    M("a directory that contains itself is followed without end",
+      "rootless/image/squash.py", "            if ino.number in visited:", "            if False:",
+      SQUASH + "test_crafted_directory_that_contains_itself"),
+    M("a gzip block decompresses past its size (a decompression bomb)",
+      "rootless/image/squash.py", "    if d.unconsumed_tail or not d.eof:", "    if False:",
+      SQUASH + "test_blocks_are_decompressed_with_a_bound"),
+    M("/.rbox/image.json read through a symlink",
+      "rootless/image/squash.py", "        if ino is None or ino.kind != FILE:", "        if ino is None:",
+      SQUASH + "test_config_through_a_symlink_is_not_read"),
+    M("an exported image's config of the wrong types is taken as it is",
+      "rootless/image/squash.py", "        if not ok:", "        if False:",
+      SQUASH + "test_invalid_config_is_an_error"),
+    M("mksquashfs may write the image it exports",
+      "rootless/image/export.py", '"--ro-bind", rootfs,', '"--bind", rootfs,',
+      SEC + "test_image_squash.py::test_export_sandbox_writes_only_the_output"),
+    M("an existing FILE is replaced by an export without --force",
+      "rootless/image/export.py", "    if os.path.lexists(dest) and not force:", "    if False:",
+      SQUASH_RUN + "test_export_refuses_to_overwrite_unless_forced"),
+    M("a FILE made while the export ran is replaced without --force",
+      "rootless/image/export.py", "        if not force:\n            _link(fd, named, dest)",
+      "        if False:\n            _link(fd, named, dest)",
+      SQUASH_RUN + "test_a_file_made_during_the_export_is_not_replaced"),
+    M("the export writes a named temporary file, which a kill -9 leaves behind",
+      "rootless/image/export.py",
+      "            return os.open(directory, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o644), None",
+      "            raise OSError(errno.EOPNOTSUPP, 'mutated')",
+      SQUASH_RUN + "test_killed_export_leaves_no_file_and_no_process"),
+    M("a killed import or export leaves its sandbox (and mksquashfs) running",
+      "rootless/image/store.py", "            sc.set_pdeathsig(signal.SIGKILL)    # a killed import",
+      "            pass    # a killed import",
+      SQUASH_RUN + "test_killed_export_leaves_no_file_and_no_process"),
     M("an image's tmpfs underlay stays writable: the command writes in the image's `/`",
       "rootless/rootfs.py", "    seal_image()            # an image", "    pass            # an image",
       "tests/integration/test_image_run.py::test_read_only_keeps_the_image_read_only_and_unchanged"),
