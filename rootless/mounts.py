@@ -374,6 +374,10 @@ def plan(spec: Spec) -> list[Op]:
         ops.append(Bind(spec.home, spec.home, ro=False))
     elif spec.home_mode == "tmpfs":
         ops.append(Tmpfs(spec.home, "0700"))
+    elif spec.rootfs and spec.home != "/" and os.path.isdir(spec.home):
+        # --home ro with an image: the host's `/` is not there to show the home read-only,
+        # so it is bound at its place, read-only, as it is seen without an image.
+        ops.append(Bind(spec.home, spec.home, ro=True))
     if spec.cwd_bound:
         # The current directory, when it is a project directory, is the one place the
         # command may write on the host (spec.cwd_protection says which are not).

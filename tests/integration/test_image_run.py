@@ -186,3 +186,23 @@ def test_destinations_resolve_through_the_image_not_the_host(tree: Path, tmp_pat
     # Control: without the image, the host has no such link and the path stays as typed.
     r = run_rbox("run", "--dry-run", "--tmpfs", "/opt/link/t", "--", "true", cwd=tmp_path)
     assert "tmpfs /opt/link/t [mode=0755]" in r.stdout
+
+
+def test_home_is_shown_read_only_in_an_image(tree: Path) -> None:
+    """With an image, your home is there read-only, as without one: rbox started in it
+    works there (its files readable, not writable); `--home rw` is the control: the same
+    write then reaches the host."""
+    home = Path(pwd.getpwuid(os.getuid()).pw_dir)
+    probe = home / ".rbox-image-home-probe"
+    probe.write_text("host home\n")
+    try:
+        script = f"pwd; cat {probe}; echo x >> {probe} 2>/dev/null && echo written; true"
+        code, out, err = inside(tree, script, cwd=home)
+        assert code == 0, err
+        assert out.splitlines()[:2] == [str(home), "host home"] and "written" not in out
+        assert probe.read_text() == "host home\n"
+        code, out, err = inside(tree, script, "--home", "rw", cwd=home)
+        assert code == 0 and "written" in out, (out, err)
+        assert probe.read_text() == "host home\nx\n"
+    finally:
+        probe.unlink()

@@ -33,8 +33,8 @@ DRIVERS = [pytest.param("kernel", marks=pytest.mark.needs_kernel_overlay),
 # What the command changes in the image, one of each kind: a new file, a changed one,
 # a deleted one, a directory deleted and made again (opaque), a renamed directory.
 CHANGES = ("echo new > /new; echo changed > /etc/os-release; rm /etc/gone; rm -r /usr/share/doc; "
-           "mkdir /usr/share/doc; mv /home /home2; chmod 700 /work")
-SEEN = ("cat /new /etc/os-release; test -e /etc/gone || echo gone; test -e /home || echo moved; "
+           "mkdir /usr/share/doc; mv /opt /opt2; chmod 700 /work")
+SEEN = ("cat /new /etc/os-release; test -e /etc/gone || echo gone; test -e /opt || echo moved; "
         "ls /usr/share/doc | wc -l; stat -c %a /work")
 CHANGED = ["new", "changed", "gone", "moved", "0", "700"]
 
@@ -52,7 +52,7 @@ def busybox_tree(root: Path) -> Path:
     (root / "etc/group").write_text("root:x:0:\n")
     (root / "usr/share/doc/pkg").mkdir(parents=True)
     (root / "usr/share/doc/pkg/README").write_text("doc\n")
-    for name in ("home", "work"):
+    for name in ("home", "work", "opt"):
         (root / name).mkdir()
     return root
 

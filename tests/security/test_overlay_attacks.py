@@ -28,7 +28,7 @@ FUSE_PROBE = str(Path(__file__).with_name("fuse_probe.py"))
 DAEMONS = ("fuse-overlayfs", "squashfuse")
 # Everything a uid 0 inside may try on a tree under $R, then whether it saw its writes.
 WRITES = ("R=$1; echo pwned > $R/etc/os-release; echo planted > $R/planted; : > $R/etc/group; rm -rf $R/usr; "
-          "mv $R/home $R/home2; chmod 777 $R/etc; chown 4242:4242 $R/etc/passwd; ln $R/etc/passwd $R/etc/hard; "
+          "mv $R/opt $R/opt2; chmod 777 $R/etc; chown 4242:4242 $R/etc/passwd; ln $R/etc/passwd $R/etc/hard; "
           "ln -s / $R/escape; mkdir -p $R/work/a/b; echo x > $R/work/a/b/c; "
           "cat $R/etc/os-release $R/planted; test -e $R/usr || echo usr-gone; test -e /overlays || echo no-workspace")
 SEEN = ["pwned", "planted", "usr-gone", "no-workspace"]
