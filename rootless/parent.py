@@ -170,7 +170,7 @@ def fd_socket_pair() -> tuple[socket.socket, socket.socket]:
 
 def plan_idmap(spec: Spec) -> userns.IdMapPlan:
     plan = userns.plan_idmap(spec.root, spec.uid, spec.gid, spec.user, os.environ.get("PATH"),
-                             userns.no_new_privs_set(), groups=os.getgroups())
+                             userns.no_new_privs_set(), groups=os.getgroups(), image=bool(spec.rootfs))
     if plan.mode == "single":
         log.warn(f"mapping only your own uid and gid ({plan.reason}); see rbox(1), HOST SETUP")
     return plan

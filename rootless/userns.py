@@ -199,7 +199,7 @@ def no_new_privs_set(status_path: str = "/proc/self/status") -> bool:
 
 def plan_idmap(root: bool, uid: int, gid: int, name: str, path: str | None,
                nnp: bool, subuid: str = SUBUID, subgid: str = SUBGID,
-               groups: list[int] | None = None) -> IdMapPlan:
+               groups: list[int] | None = None, image: bool = False) -> IdMapPlan:
     """Choose subordinate-range maps through the helpers, or the single-id fallback.
     `groups`: the caller's supplementary groups (os.getgroups()), for U2's setgroups.
 
@@ -207,7 +207,13 @@ def plan_idmap(root: bool, uid: int, gid: int, name: str, path: str | None,
     and the command's nested user namespace makes it your uid again (uid -> 0):
     slirp4netns insists on setegid(0)/seteuid(0) in the namespace it joins, so without a
     mapped 0 users with no subordinate ids (LDAP/SSSD users) would have no network.
-    Otherwise U2 keeps U1's ids (`identity`), so chown to any mapped id keeps working."""
+    Otherwise U2 keeps U1's ids (`identity`), so chown to any mapped id keeps working.
+
+    `image`: with an image (--rootfs, --image) and your own identity, U1 takes the layout
+    the image was stored in (image.store unpacks as `--root`: its id 0 is you, its id N is
+    your subordinate base + N - 1), and U2 makes you your own uid again (`nested_keep`):
+    the image's files keep their owners' numbers (a file of gid 42 is gid 42, not 41 as the
+    keep-id layout would show it), and the image's root's files are yours."""
     single = IdMapPlan("single", [(0, uid, 1)], [(0, gid, 1)],
                        nested_uid_map=None if root else [(uid, 0, 1)],
                        nested_gid_map=None if root else [(gid, 0, 1)])
@@ -227,9 +233,32 @@ def plan_idmap(root: bool, uid: int, gid: int, name: str, path: str | None,
         single.reason = "no_new_privs is set on this session, so newuidmap cannot work"
     if single.reason:
         return single
-    return IdMapPlan("subid", build_map(uid, uranges, root), build_map(gid, granges, root),
-                     newuidmap=newuidmap or "", newgidmap=newgidmap or "",
+    stored = image and not root
+    uid_map, gid_map = build_map(uid, uranges, root or stored), build_map(gid, granges, root or stored)
+    return IdMapPlan("subid", uid_map, gid_map, newuidmap=newuidmap or "", newgidmap=newgidmap or "",
+                     nested_uid_map=nested_keep(uid, uid_map) if stored else None,
+                     nested_gid_map=nested_keep(gid, gid_map) if stored else None,
                      nested_setgroups=nested_setgroups("subid", gid, groups or []))
+
+
+def nested_keep(own: int, extents: list[Extent]) -> list[Extent]:
+    """U2's map over a root-layout U1 (`build_map(own, ..., root=True)`): your id is U1's 0
+    (you on the host), every other id of U1 is itself, and U1's `own` (a subordinate id)
+    is left out, since your id takes its place. Each line lies within one line of U1's map
+    (see `identity`); U1's 0 is only yours."""
+    nested = [(own, 0, 1)]
+    for inner, _, count in sorted(extents):
+        if inner == 0:
+            continue
+        end = inner + count
+        if inner <= own < end:
+            if own > inner:
+                nested.append((inner, inner, own - inner))
+            if end > own + 1:
+                nested.append((own + 1, own + 1, end - own - 1))
+        else:
+            nested.append((inner, inner, count))
+    return sorted(nested)
 
 
 def apply_idmap(plan: IdMapPlan, pid: int) -> None:

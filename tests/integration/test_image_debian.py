@@ -87,6 +87,9 @@ def test_owners_and_set_user_id_bits_stay(deb: tuple[dict[str, str], Path]) -> N
     out = inside(deb, "--root", "--image", "deb", "--", "stat", "-c", "%u:%g %a", "/etc/shadow", "/usr/bin/passwd",
                  "/bin/mount")
     assert out.splitlines() == ["0:42 640", "0:0 4755", "0:0 4755"]
+    # Without --root the image's ids are the same numbers (its root's files are yours).
+    out = inside(deb, "--image", "deb", "--", "stat", "-c", "%u:%g %a", "/etc/shadow", "/usr/bin/passwd")
+    assert out.splitlines() == [f"{os.getuid()}:42 640", f"{os.getuid()}:{os.getgid()} 4755"]
 
 
 @pytest.mark.needs_subuid

@@ -186,3 +186,15 @@ def test_describe_lists_every_extent() -> None:
     assert plan.describe() == ["id map (single: why)", "uid 0 -> 1000 x1", "gid 0 -> 1000 x1",
                                "nested user namespace for the command (setgroups deny):",
                                "  uid 0 -> 0 x1", "  gid 0 -> 0 x1"]
+
+
+def test_nested_keep_over_the_stored_layout_gives_you_your_id_and_the_image_its_numbers() -> None:
+    """With an image (not --root), U1 is the layout the image was stored in and U2 makes
+    you your own id: U1's 0 (you) -> your id, every other id itself, U1's `own` left out;
+    each line within one line of U1's map."""
+    u1 = userns.build_map(1000, [(100000, 65536)], root=True)
+    assert userns.nested_keep(1000, u1) == [(1, 1, 999), (1000, 0, 1), (1001, 1001, 64536)]
+    u1 = userns.build_map(1000, [(100000, 500), (300000, 65536)], root=True)
+    assert userns.nested_keep(1000, u1) == [(1, 1, 500), (501, 501, 499), (1000, 0, 1), (1001, 1001, 65036)]
+    u1 = userns.build_map(123456789, [(100000, 65536)], root=True)
+    assert userns.nested_keep(123456789, u1) == [(1, 1, 65536), (123456789, 0, 1)]
