@@ -18,6 +18,10 @@ import tarfile
 from rootless.errors import RboxError
 from rootless.image.unpack import ZSTD_MAGIC
 
+TYPE_CHECKING = False  # not `from typing import ...`: typing costs 9 ms at start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 OCI_INDEX = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
 REF_NAME = "org.opencontainers.image.ref.name"
 CONFIG_KEYS = ("Env", "Entrypoint", "Cmd", "WorkingDir", "User")
@@ -40,8 +44,8 @@ def bad(source: str, why: str) -> RboxError:
 class Files:
     """Read access to a directory or to the members of a tar, by relative name."""
 
-    def __init__(self, source: str, path: str):
-        self.source, self.path = source, path
+    def __init__(self, source: str, path: str, progress: Callable[[int], None] | None = None):
+        self.source, self.path, self.progress = source, path, progress
         self.tar: tarfile.TarFile | None = None
         self.members: dict[str, tarfile.TarInfo] = {}
         if not os.path.isdir(path):
@@ -89,14 +93,17 @@ class Files:
             while chunk := src.read(CHUNK):
                 h.update(chunk)
                 out.write(chunk)
+                if self.progress is not None:
+                    self.progress(len(chunk))
         found = "sha256:" + h.hexdigest()
         if digest is not None and found != digest:
             raise bad(self.source, f"`{name}` has digest {found}, not {digest} as its manifest says")
         return found
 
 
-def read(source: str, staging: str) -> Imported:
-    """The layers of SOURCE copied into `staging`, with what the image says of itself."""
+def read(source: str, staging: str, progress: Callable[[int], None] | None = None) -> Imported:
+    """The layers of SOURCE copied into `staging`, with what the image says of itself;
+    `progress(bytes)` called as they are copied."""
     path, tag = source, None
     if source.startswith("oci:"):
         path, _, tag = source[4:].partition(":")
@@ -106,15 +113,15 @@ def read(source: str, staging: str) -> Imported:
     if os.path.isdir(path) and not source.startswith("oci:") and not os.path.exists(os.path.join(path, "oci-layout")):
         return _directory(source, path, staging)
     if not os.path.isdir(path) and _zstd(path):
-        return _plain(path, staging)      # tarfile cannot read zstd: the unpacker pipes it through `zstd`
-    files = Files(source, path)
+        return _plain(path, staging, progress)   # tarfile cannot read zstd: the unpacker pipes it through `zstd`
+    files = Files(source, path, progress)
     if files.exists("oci-layout") and files.exists("index.json"):
         return _oci(files, tag, staging)
     if source.startswith("oci:"):
         raise bad(source, "not an OCI image layout (no oci-layout and index.json)")
     if files.exists("manifest.json"):
         return _docker(files, staging)
-    return _plain(path, staging)
+    return _plain(path, staging, progress)
 
 
 def _zstd(path: str) -> bool:
@@ -122,18 +129,20 @@ def _zstd(path: str) -> bool:
         return f.read(4) == ZSTD_MAGIC
 
 
-def _plain(path: str, staging: str) -> Imported:
+def _plain(path: str, staging: str, progress: Callable[[int], None] | None = None) -> Imported:
     layer = os.path.join(staging, "layer-1")
-    digest = _copy_file(path, layer)
+    digest = _copy_file(path, layer, progress)
     return Imported("tar", [layer], [digest], {}, digest)
 
 
-def _copy_file(path: str, dest: str) -> str:
+def _copy_file(path: str, dest: str, progress: Callable[[int], None] | None = None) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as src, open(dest, "wb") as out:
         while chunk := src.read(CHUNK):
             h.update(chunk)
             out.write(chunk)
+            if progress is not None:
+                progress(len(chunk))
     return "sha256:" + h.hexdigest()
 
 

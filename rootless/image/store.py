@@ -29,6 +29,10 @@ import sys
 from rootless import syscalls as sc
 from rootless.errors import RboxError
 
+TYPE_CHECKING = False  # not `from typing import ...`: typing costs 9 ms at start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
 # statfs(2) f_type of the file systems a store must not be on, with their names.
 NETWORK_FS = {0x6969: "NFS", 0x0BD00BD0: "Lustre", 0x47504653: "GPFS", 0x19830326: "BeeGFS",
               0xFF534D42: "CIFS", 0xFE534D42: "SMB2", 0x00C36400: "CephFS"}
@@ -157,15 +161,24 @@ def _python_env() -> dict[str, str]:
     return env
 
 
-def unpack(layers: list[str], target: str, keep_owners: bool) -> int:
+def unpack(layers: list[str], target: str, keep_owners: bool,
+           progress: Callable[[int, int], None] | None = None) -> int:
     """Unpack `layers` (files, bottom first) into the empty directory `target`, in an
     rbox sandbox where only `target` is writable. The layers reach it as descriptors
-    (--pass-fd), so they need not be visible inside. Returns the bytes of the files."""
+    (--pass-fd), so they need not be visible inside. Returns the bytes of the files.
+    `progress(layers done, bytes written)` is called as the unpacker reports them."""
     fds = [os.open(path, os.O_RDONLY | os.O_CLOEXEC) for path in layers]
+
+    def report(line: str) -> None:
+        fields = dict(f.partition("=")[::2] for f in line.split())
+        if progress is not None and fields.get("bytes", "").isdigit():
+            progress(int(fields.get("layer", "0")) if fields.get("layer", "").isdigit() else -1,
+                     int(fields["bytes"]))
+
     try:
         command = [sys.executable, "-m", "rootless.image.unpack", *(["--keep-owners"] if keep_owners else []),
                    target, *map(str, fds)]
-        code, output = sandbox(sandbox_argv(target, fds) + command, capture=True)
+        code, output = sandbox(sandbox_argv(target, fds) + command, capture=True, on_line=report, keep=fds)
     finally:
         for fd in fds:
             os.close(fd)
@@ -183,15 +196,22 @@ def sandbox_argv(target: str, fds: list[int]) -> list[str]:
     return ["run", "--root", "--net=none", "-T", "--bind", target, *[f"--pass-fd={fd}" for fd in fds], "--"]
 
 
-def sandbox(argv: list[str], capture: bool = False) -> tuple[int, str]:
+def sandbox(argv: list[str], capture: bool = False, on_line: Callable[[str], None] | None = None,
+            keep: list[int] | None = None) -> tuple[int, str]:
     """rbox ARGV in a child process, with no configuration file applied (a site
     profile's binds must not widen the unpacking sandbox), from `/` (no cwd bind); its
-    exit status, and its standard output when `capture`."""
+    exit status, and its standard output when `capture` (each line also given to
+    `on_line` as it comes). The child keeps only the descriptors in `keep` (those it
+    passes with --pass-fd) and the standard ones."""
     read_end, write_end = os.pipe() if capture else (-1, -1)
     pid = os.fork()
     if pid == 0:
         code = 125
         try:
+            # The caller's locks (the image's name, the blob cache) are flock(2) locks,
+            # held while any descriptor of their open file lives: a sandbox process that
+            # outlives this call by a moment must not hold them.
+            _close_others({*(keep or []), write_end, read_end})
             if capture:
                 os.dup2(write_end, 1)
                 os.close(read_end)
@@ -210,10 +230,23 @@ def sandbox(argv: list[str], capture: bool = False) -> tuple[int, str]:
     if capture:
         os.close(write_end)
         with os.fdopen(read_end, "rb") as f:
-            output = f.read()
+            for line in f:
+                output += line
+                if on_line is not None:
+                    on_line(line.decode(errors="replace"))
     _, status = os.waitpid(pid, 0)          # retried after a signal handler ran (PEP 475)
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status), \
         output.decode(errors="replace")
+
+
+def _close_others(keep: set[int]) -> None:
+    for name in os.listdir("/proc/self/fd"):
+        fd = int(name)
+        if fd > 2 and fd not in keep:
+            try:
+                os.close(fd)
+            except OSError:
+                pass        # listdir's own descriptor, closed already
 
 
 def _sandbox_child(argv: list[str]) -> int:
