@@ -34,13 +34,15 @@ _rbox() {
         --pass-fd) return;;
         --profile) return;;
         -c) return;;
+        --creds) return;;
     esac
     case "$cmd" in
         "") COMPREPLY=($(compgen -W "run sh check unshare image -h --help --version --debug" -- "$cur"));;
         run) COMPREPLY=($(compgen -W "--root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --bind-try --ro-bind-try --tmpfs --hide --rootfs --image --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight --pass-fd -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
         sh) COMPREPLY=($(compgen -W "-l --login -c --root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --bind-try --ro-bind-try --tmpfs --hide --rootfs --image --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight --pass-fd -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
-        check|image) COMPREPLY=($(compgen -W "--json --debug -h --help" -- "$cur"));;
+        check) COMPREPLY=($(compgen -W "--json --debug -h --help" -- "$cur"));;
         unshare) COMPREPLY=($(compgen -W "--debug -h --help" -- "$cur"));;
+        image) COMPREPLY=($(compgen -W "--json -q --quiet --creds --insecure --debug -h --help" -- "$cur"));;
     esac
 }
 complete -o default -F _rbox rbox

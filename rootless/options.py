@@ -104,6 +104,10 @@ UNSHARE_OPTIONS = (
 
 IMAGE_OPTIONS = (
     Opt(("--json",), "json", "`ls`, `inspect`: print JSON"),
+    Opt(("-q", "--quiet"), "quiet", "`pull`, `import`: no progress line on the terminal"),
+    Opt(("--creds",), "creds", "`pull`: log in to the registry as USER (password from $RBOX_REGISTRY_PASSWORD "
+        "or the terminal)", metavar="USER[:PASS]", kind="value"),
+    Opt(("--insecure",), "insecure", "`pull`: allow plain http to a registry that is not on this machine"),
     Opt(("--debug",), "debug", "print every setup step; tracebacks for rbox's own errors"),
     Opt(("-h", "--help"), "help", "show this help and exit"),
 )
@@ -120,8 +124,8 @@ COMMANDS = {
     "check": ("[--json]", "Check what this host offers rbox: one finding per requirement, with the fix."),
     "unshare": ("[--] COMMAND [ARG...]", "Run COMMAND as uid 0 of a user namespace with your id map (to delete what "
                 "--root made)."),
-    "image": ("import SOURCE NAME | ls | inspect NAME | rm NAME", "Import, list, describe and remove images "
-              "(rbox(1), IMAGES)."),
+    "image": ("import SOURCE NAME | pull REF [NAME] | ls | inspect NAME | rm NAME", "Import, pull, list, "
+              "describe and remove images (rbox(1), IMAGES)."),
 }
 
 
