@@ -37,7 +37,9 @@ def pytest_configure(config: pytest.Config) -> None:
 PROBES = ("userns", "subuid", "slirp4netns", "pasta", "dns_stub", "vm", "vm_broken", "tmux", "install", "nosubid",
           "tiocsti", "zsh", "iproute2", "unprivileged", "two_users", "suppgroup", "keyrings",
           # Kernel facilities newer than rbox's floor (4.18): absent under tests/oldkernel's filter.
-          "pidfd", "old_kernel", "mount_api")
+          "pidfd", "old_kernel", "mount_api",
+          # `rbox image pull`'s tests: a registry of their own on loopback, images pushed with skopeo.
+          "registry")
 
 
 @functools.cache
@@ -97,6 +99,13 @@ def probe(name: str) -> str | None:
         if os.path.exists(RBOX_SCRIPT):
             return None
         return f"rbox is not installed beside {sys.executable} (pip install .)"
+    if name == "registry":
+        import shutil
+
+        missing = [tool for tool in ("docker-registry", "skopeo", "openssl") if not shutil.which(tool)]
+        if missing:
+            return f"{', '.join(missing)} not installed (Debian packages docker-registry, skopeo, openssl)"
+        return None
     if name == "two_users":
         # A second local user the test can act as (class 6 of issue #10: state planted by
         # another user). .ci/run creates `rboxother` and a sudoers drop-in for it.
