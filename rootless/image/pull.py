@@ -1,18 +1,21 @@
 """`rbox image pull REF [NAME]`: an image from a registry into the store.
 
-Runs in: parent; the download threads too (a pool of WORKERS, one blob each at a time);
-the unpacking in the unpacking sandbox, as for `rbox image import`.
+Runs in: parent; the download threads too (WORKERS, one blob each at a time); the
+unpacking in the unpacking sandbox, as for `rbox image import`.
 
 The steps, under the name's lock (two pulls of one name take turns) and a shared hold
 on the blob cache (blobs.py: a concurrent `rbox image rm` collects no blob meanwhile):
-1. parse REF and refuse plain http off this machine, before any connection (registry.py);
-2. resolve the manifest for this host's platform;
-3. when the image of that name is already this digest from this source: done;
-4. fetch the config blob, then the layers in parallel, each into the blob cache,
+1. parse REF and refuse plain http off this machine, before anything (registry.py);
+2. start the unpacking sandbox on a staging directory (store.Unpacking): it gets ready
+   while the rest happens, and it forks, which must come before any thread exists;
+3. resolve the manifest for this host's platform (client.py, imported only now);
+4. when the image of that name is already this digest from this source: done;
+5. fetch the config blob, then the layers in parallel, each into the blob cache,
    verified against its digest (blobs.py: what is cached is not fetched again, what a
-   killed pull left is continued);
-5. unpack the layers from the cache into a staging directory, write image.json, rename
-   it to the name (store.py): a killed pull leaves nothing under the name.
+   killed pull left is continued); each layer goes to the unpacker as soon as it and
+   those below it are in the cache;
+6. write image.json beside the tree, rename the staging directory to the name
+   (store.py): a killed pull leaves nothing under the name.
 """
 
 from __future__ import annotations
@@ -24,10 +27,17 @@ import time
 
 from rootless import log
 from rootless.errors import RboxError
-from rootless.image import registry, sources, store
+from rootless.image import registry, store
 from rootless.image.blobs import Aborted, Blobs
 from rootless.image.progress import Progress, size, wanted
 from rootless.image.store import Store
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from io import BufferedIOBase
+
+    from rootless.image.client import Client
 
 WORKERS = 4
 
@@ -58,15 +68,16 @@ def credentials(given: object, environ: dict[str, str]) -> tuple[str, str] | Non
 def run(the_store: Store, text: str, name: str | None, values: dict[str, object], environ: dict[str, str]) -> None:
     ref = registry.parse_ref(text)
     name = store.check_name(name if name is not None else registry.default_name(ref))
+    insecure = bool(values.get("insecure"))
+    registry.origin(ref, insecure)          # plain http off this machine: refused before anything starts
     creds = credentials(values.get("creds"), environ)
-    client = registry.Client(ref, bool(values.get("insecure")), creds)
     show = Progress(wanted(bool(values.get("quiet"))))
     blobs = Blobs(the_store.path)
     lock = the_store.lock(name)
     try:
         hold = blobs.using()
         try:
-            digest = _pull(the_store, blobs, client, ref, name, show)
+            digest = _pull(the_store, blobs, ref, name, insecure, creds, show)
         except BaseException:
             show.stop()         # the error goes on a line of its own
             raise
@@ -74,32 +85,50 @@ def run(the_store: Store, text: str, name: str | None, values: dict[str, object]
             os.close(hold)
     finally:
         os.close(lock)
-        client.close()
     log.out(f"{name} {digest}\n")
 
 
-def _pull(the_store: Store, blobs: Blobs, client: registry.Client, ref: registry.Ref, name: str,
-          show: Progress) -> str:
-    image = client.resolve()
-    current = _current(the_store, name)
-    if current.get("digest") == image.digest and current.get("source") == ref.shown:
-        show.finish(f"{name} is up to date ({image.digest[:19]})")
-        return image.digest
-    where = f"the registry {client.where}"
-    config_digest = image.config.digest
-    blobs.fetch(config_digest, image.config.size, lambda at: client.blob(config_digest, at),
-                lambda n, fetched: None, lambda: False, where)
-    config = _config(blobs.path(config_digest))
-    digests = [layer.digest for layer in image.layers]
-    show.phase("pulling", len(digests), sum(layer.size for layer in image.layers))
-    cached = download(client, blobs, image.layers, show, where)
-    fetched, seconds = show.fetched, max(time.monotonic() - show.start, 1e-3)
+def _pull(the_store: Store, blobs: Blobs, ref: registry.Ref, name: str, insecure: bool,
+          creds: tuple[str, str] | None, show: Progress) -> str:
     staging = the_store.staging()
+    rootfs = os.path.join(staging, "rootfs")
+    unpacked_so_far = [0, 0]
+
+    def unpacking_progress(layer: int, nbytes: int) -> None:
+        unpacked_so_far[:] = [layer if layer >= 0 else unpacked_so_far[0], nbytes]
+        if show.verb == "unpacking":
+            show.at(layer, nbytes)
+
     try:
-        rootfs = os.path.join(staging, "rootfs")
         os.mkdir(rootfs, 0o755)
+        unpacking = store.Unpacking(rootfs, store.keeps_owners(), unpacking_progress)
+    except BaseException:
+        store.remove_tree(staging)
+        raise
+    client = None
+    try:
+        from rootless.image.client import Client
+
+        client = Client(ref, insecure, creds)
+        image = client.resolve()
+        current = _current(the_store, name)
+        if current.get("digest") == image.digest and current.get("source") == ref.shown:
+            unpacking.abort()
+            _remove_empty(staging)
+            show.finish(f"{name} is up to date ({image.digest[:19]})")
+            return image.digest
+        where = f"the registry {client.where}"
+        config_digest = image.config.digest
+        blobs.fetch(config_digest, image.config.size, _opener(client, config_digest),
+                    lambda n, fetched: None, lambda: False, where)
+        config = _config(blobs.path(config_digest))
+        digests = [layer.digest for layer in image.layers]
+        show.phase("pulling", len(digests), sum(layer.size for layer in image.layers))
+        cached = download(client, blobs, image.layers, show, where, lambda i: unpacking.feed(blobs.path(digests[i])))
+        fetched, seconds = show.fetched, max(time.monotonic() - show.start, 1e-3)
         show.phase("unpacking", len(digests))
-        unpacked = store.unpack([blobs.path(d) for d in digests], rootfs, store.keeps_owners(), show.at)
+        show.at(*unpacked_so_far)
+        unpacked = unpacking.finish()
         meta = {"name": name, "digest": image.digest, "kind": "registry", "source": ref.shown,
                 **({"platform": image.platform} if image.platform else {}),
                 "imported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "size": unpacked,
@@ -109,12 +138,29 @@ def _pull(the_store: Store, blobs: Blobs, client: registry.Client, ref: registry
             json.dump(meta, f, indent=1)
         the_store.publish(staging, name)
     except BaseException:
+        unpacking.abort()
         store.remove_tree(staging)
         raise
+    finally:
+        if client is not None:
+            client.close()
     hits = sum(cached)
     show.finish(f"pulled {name}: {len(digests)} layers" + (f" ({hits} cached)" if hits else "") +
                 f", {size(fetched)} in {seconds:.2f} s ({size(fetched / seconds)}/s), {size(unpacked)} unpacked")
     return image.digest
+
+
+def _opener(client: Client, digest: str) -> Callable[[int], tuple[int, BufferedIOBase]]:
+    return lambda at: client.blob(digest, at)
+
+
+def _remove_empty(staging: str) -> None:
+    """The staging directory of a pull that unpacked nothing."""
+    try:
+        os.rmdir(os.path.join(staging, "rootfs"))
+        os.rmdir(staging)
+    except OSError:
+        store.remove_tree(staging)
 
 
 def _current(the_store: Store, name: str) -> dict[str, object]:
@@ -137,36 +183,61 @@ def _config(path: str) -> dict[str, object]:
     if not isinstance(raw, dict):
         raise RboxError("the image's config is not a JSON object",
                         hint="the image on the registry is damaged; push it again")
-    return sources._config(raw)
+    from rootless.image.sources import _config
+
+    return _config(raw)
 
 
-def download(client: registry.Client, blobs: Blobs, layers: list[registry.Desc], show: Progress,
-             where: str) -> list[bool]:
-    """Every layer into the cache, WORKERS at a time; for each, whether it was cached.
-    The first failure stops the others at their next chunk (their partial files stay,
-    for the next pull to continue)."""
-    from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
-
+def download(client: Client, blobs: Blobs, layers: list[registry.Desc], show: Progress, where: str,
+             ready: Callable[[int], None]) -> list[bool]:
+    """Every layer into the cache, WORKERS threads at a time; for each, whether it was
+    cached. `ready(i)` is called (in this thread, in order) as soon as layers 0..i are
+    all in the cache. The first failure stops the others at their next chunk (their
+    partial files stay, for the next pull to continue) and is raised."""
     failed = threading.Event()
+    done = [threading.Event() for _ in layers]
+    results: list[bool | BaseException] = [False] * len(layers)
+    todo = list(range(len(layers)))
+    lock = threading.Lock()
 
-    def one(layer: registry.Desc) -> bool:
-        was = blobs.fetch(layer.digest, layer.size, lambda at: client.blob(layer.digest, at), show.add,
-                          failed.is_set, where)
-        show.layer_done(was)
-        return was
+    def worker() -> None:
+        while not failed.is_set():
+            with lock:
+                if not todo:
+                    return
+                i = todo.pop(0)
+            layer = layers[i]
+            try:
+                results[i] = blobs.fetch(layer.digest, layer.size, _opener(client, layer.digest), show.add,
+                                         failed.is_set, where)
+                show.layer_done(bool(results[i]))
+            except BaseException as e:  # noqa: BLE001 - handed to the main thread, raised there
+                results[i] = e
+                failed.set()
+            finally:
+                done[i].set()
 
-    pool = ThreadPoolExecutor(max_workers=max(1, min(WORKERS, len(layers))), thread_name_prefix="rbox-pull")
+    threads = [threading.Thread(target=worker, name=f"rbox-pull-{n}", daemon=True)
+               for n in range(max(1, min(WORKERS, len(layers))))]
+    for thread in threads:
+        thread.start()
     try:
-        futures = [pool.submit(one, layer) for layer in layers]
-        wait(futures, return_when=FIRST_EXCEPTION)
-        if any(f.done() and f.exception() is not None for f in futures):
-            failed.set()
-            wait(futures)
-            errors = [e for e in (f.exception() for f in futures) if e is not None]
+        for i in range(len(layers)):
+            while not done[i].wait(0.2):
+                if failed.is_set():
+                    break
+            if failed.is_set():
+                break
+            ready(i)
+        if failed.is_set():
+            for thread in threads:
+                thread.join()
+            errors = [r for r in results if isinstance(r, BaseException)]
             raise next((e for e in errors if not isinstance(e, Aborted)), errors[0])
-        return [f.result() for f in futures]
+        return [bool(r) for r in results]
     except BaseException:
         failed.set()            # Ctrl-C: the threads stop at their next chunk
         raise
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        for thread in threads:
+            thread.join()

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
 NETWORK_FS = {0x6969: "NFS", 0x0BD00BD0: "Lustre", 0x47504653: "GPFS", 0x19830326: "BeeGFS",
               0xFF534D42: "CIFS", 0xFE534D42: "SMB2", 0x00C36400: "CephFS"}
 NAME_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_.-")
+UNPACKER = ["-m", "rootless.image.unpack"]     # the interpreter's arguments (a test puts a probe there)
 FIX = "export RBOX_STORAGE=/var/tmp/$USER.rbox (or another directory on this node's own disk)"
 
 
@@ -164,30 +165,114 @@ def _python_env() -> dict[str, str]:
 def unpack(layers: list[str], target: str, keep_owners: bool,
            progress: Callable[[int, int], None] | None = None) -> int:
     """Unpack `layers` (files, bottom first) into the empty directory `target`, in an
-    rbox sandbox where only `target` is writable. The layers reach it as descriptors
-    (--pass-fd), so they need not be visible inside. Returns the bytes of the files.
-    `progress(layers done, bytes written)` is called as the unpacker reports them."""
-    fds = [os.open(path, os.O_RDONLY | os.O_CLOEXEC) for path in layers]
-
-    def report(line: str) -> None:
-        fields = dict(f.partition("=")[::2] for f in line.split())
-        if progress is not None and fields.get("bytes", "").isdigit():
-            progress(int(fields.get("layer", "0")) if fields.get("layer", "").isdigit() else -1,
-                     int(fields["bytes"]))
-
+    rbox sandbox where only `target` is writable (Unpacking). Returns the bytes of the
+    files; `progress(layers done or -1, bytes written)` is called as the unpacker goes."""
+    unpacking = Unpacking(target, keep_owners, progress)
     try:
-        command = [sys.executable, "-m", "rootless.image.unpack", *(["--keep-owners"] if keep_owners else []),
-                   target, *map(str, fds)]
-        code, output = sandbox(sandbox_argv(target, fds) + command, capture=True, on_line=report, keep=fds)
-    finally:
-        for fd in fds:
-            os.close(fd)
-    if code != 0:
-        raise RboxError(f"unpacking failed (exit status {code}); nothing was kept",
-                        hint="the message above says which entry of which layer; the archive may be damaged "
-                             "or hostile")
-    size = output.rpartition("size=")[2].strip()
-    return int(size) if size.isdigit() else 0
+        for path in layers:
+            unpacking.feed(path)
+    except BaseException:
+        unpacking.abort()
+        raise
+    return unpacking.finish()
+
+
+class Unpacking:
+    """The unpacking sandbox, started before the layers need to exist (a pull starts it
+    before it asks the registry anything, and it unpacks each layer as soon as that one
+    and those below it are in the cache), fed through one pipe: each layer framed by a
+    header (unpack.frames), then an end mark. A pull that fails closes the pipe without
+    it, and the unpacker stops without a word.
+
+    A pipe, not a descriptor of the layer's file: a descriptor passed into the sandbox,
+    read-only as it may be, lets the command open the file again for writing through
+    /proc/self/fd/N (proc(5): the magic link reaches the file as opened here, on a
+    writable mount, and the sandbox's root owns it). A blob in the cache is trusted by
+    every later image; a hostile layer that broke the unpacker must not rewrite it."""
+
+    def __init__(self, target: str, keep_owners: bool, progress: Callable[[int, int], None] | None = None):
+        import threading
+
+        read, self.pipe = os.pipe()
+        self.progress = progress
+        command = [sys.executable, *UNPACKER, *(["--keep-owners"] if keep_owners else []), target, str(read)]
+        try:
+            self.pid, self.output_fd = start(sandbox_argv(target, [read]) + command, capture=True, keep=[read])
+        except BaseException:
+            os.close(self.pipe)
+            raise
+        finally:
+            os.close(read)
+        self.broken = False
+        self.result: tuple[int, str] = (125, "")
+        # After the fork: no thread of ours is copied into the sandbox's processes.
+        self.reader = threading.Thread(target=self._read, name="rbox-unpack-output", daemon=True)
+        self.reader.start()
+
+    def _read(self) -> None:
+        self.result = wait(self.pid, self.output_fd, self._report)
+
+    def _report(self, line: str) -> None:
+        fields = dict(f.partition("=")[::2] for f in line.split())
+        if self.progress is not None and fields.get("bytes", "").isdigit():
+            layer = fields.get("layer", "")
+            self.progress(int(layer) if layer.isdigit() else -1, int(fields["bytes"]))
+
+    def feed(self, path: str) -> None:
+        """The next layer: the file's bytes into the pipe, blocking while the unpacker
+        is behind. An unpacker that stopped (a broken layer) gets nothing more: finish()
+        says why."""
+        if self.broken:
+            return
+        from rootless.image.unpack import ZSTD_MAGIC
+
+        try:
+            with open(path, "rb") as f:
+                size = os.fstat(f.fileno()).st_size
+                kind = b"z" if os.pread(f.fileno(), 4, 0) == ZSTD_MAGIC else b"t"
+                _write_all(self.pipe, kind + size.to_bytes(8, "big"))
+                offset = 0
+                while offset < size:
+                    sent = os.sendfile(self.pipe, f.fileno(), offset, min(size - offset, 1 << 30))
+                    if sent == 0:
+                        raise RboxError(f"`{path}` became shorter while it was read", hint="run the command again")
+                    offset += sent
+        except BrokenPipeError:
+            self.broken = True
+
+    def finish(self) -> int:
+        """The end mark, then wait for the unpacker: the bytes of its files, or an
+        RboxError."""
+        if not self.broken:
+            try:
+                _write_all(self.pipe, b"e")
+            except BrokenPipeError:
+                pass
+        self._close()
+        code, output = self.result
+        if code != 0:
+            raise RboxError(f"unpacking failed (exit status {code}); nothing was kept",
+                            hint="the message above says which entry of which layer; the archive may be damaged "
+                                 "or hostile")
+        size = output.rpartition("size=")[2].strip()
+        return int(size) if size.isdigit() else 0
+
+    def abort(self) -> None:
+        """Stop it (the caller failed): the pipe ends without the end mark, the
+        unpacker stops there without a word (unpack.Stopped), and is waited for."""
+        self._close()
+
+    def _close(self) -> None:
+        if self.pipe >= 0:
+            os.close(self.pipe)
+            self.pipe = -1
+        self.reader.join()
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view):]
 
 
 def sandbox_argv(target: str, fds: list[int]) -> list[str]:
@@ -198,11 +283,18 @@ def sandbox_argv(target: str, fds: list[int]) -> list[str]:
 
 def sandbox(argv: list[str], capture: bool = False, on_line: Callable[[str], None] | None = None,
             keep: list[int] | None = None) -> tuple[int, str]:
+    """rbox ARGV in a child process (start), waited for (wait): its exit status, and its
+    standard output when `capture` (each line also given to `on_line` as it comes)."""
+    pid, output_fd = start(argv, capture, keep)
+    return wait(pid, output_fd, on_line)
+
+
+def start(argv: list[str], capture: bool = False, keep: list[int] | None = None) -> tuple[int, int]:
     """rbox ARGV in a child process, with no configuration file applied (a site
-    profile's binds must not widen the unpacking sandbox), from `/` (no cwd bind); its
-    exit status, and its standard output when `capture` (each line also given to
-    `on_line` as it comes). The child keeps only the descriptors in `keep` (those it
-    passes with --pass-fd) and the standard ones."""
+    profile's binds must not widen the unpacking sandbox), from `/` (no cwd bind): its
+    PID, and the read end of its standard output when `capture` (else -1). The child
+    keeps only the descriptors in `keep` (those it passes with --pass-fd) and the
+    standard ones."""
     read_end, write_end = os.pipe() if capture else (-1, -1)
     pid = os.fork()
     if pid == 0:
@@ -210,11 +302,11 @@ def sandbox(argv: list[str], capture: bool = False, on_line: Callable[[str], Non
         try:
             # The caller's locks (the image's name, the blob cache) are flock(2) locks,
             # held while any descriptor of their open file lives: a sandbox process that
-            # outlives this call by a moment must not hold them.
-            _close_others({*(keep or []), write_end, read_end})
+            # outlives this call by a moment must not hold them. Nor may it hold the
+            # write ends of the layers' pipes (the unpacker would never see their end).
+            _close_others({*(keep or []), write_end})
             if capture:
                 os.dup2(write_end, 1)
-                os.close(read_end)
                 os.close(write_end)
             code = _sandbox_child(argv)
         except RboxError as e:
@@ -226,10 +318,17 @@ def sandbox(argv: list[str], capture: bool = False, on_line: Callable[[str], Non
             os.write(2, f"rbox: error: unpacking sandbox: {type(e).__name__}: {e}\n".encode())
         finally:
             os._exit(code)
-    output = b""
     if capture:
         os.close(write_end)
-        with os.fdopen(read_end, "rb") as f:
+    return pid, read_end
+
+
+def wait(pid: int, output_fd: int, on_line: Callable[[str], None] | None = None) -> tuple[int, str]:
+    """The exit status of the child `pid` and what it wrote on `output_fd` (-1: nothing
+    captured), read to its end."""
+    output = b""
+    if output_fd >= 0:
+        with os.fdopen(output_fd, "rb") as f:
             for line in f:
                 output += line
                 if on_line is not None:

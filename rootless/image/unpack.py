@@ -41,7 +41,8 @@ from rootless import syscalls as sc
 
 TYPE_CHECKING = False  # not `from typing import ...`: typing costs 9 ms at start-up
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Callable, Iterator
+    from typing import BinaryIO
 
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
@@ -55,6 +56,11 @@ Path = tuple[str, ...]
 
 class UnpackError(Exception):
     pass
+
+
+class Stopped(Exception):
+    """The store closed the pipe before the end of the layers: it gave up (its own
+    error is what the user sees)."""
 
 
 def has_openat2() -> bool:
@@ -320,48 +326,110 @@ def _exists(parent: int, base: str) -> bool:
     return True
 
 
-def open_layer(fd: int) -> tuple[object, object]:
-    """A layer's bytes, decompressed, and the `zstd` process doing it (or None):
-    tarfile's stream mode knows gzip, bzip2 and xz; zstd, which Python 3.11 lacks, goes
-    through the `zstd` program. The store passes regular files (pread needs no seek)."""
-    try:
-        head = os.pread(fd, 4, 0)
-    except OSError:
-        head = b""
-    if head != ZSTD_MAGIC:
-        return os.fdopen(fd, "rb"), None
+class Frame:
+    """The next `length` bytes of the pipe, as a file for tarfile's stream mode."""
+
+    def __init__(self, raw: BinaryIO, length: int):
+        self.raw, self.left = raw, length
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        data = self.raw.read(self.left if n < 0 else min(n, self.left))
+        if not data:
+            raise Stopped()             # the store went away mid-layer
+        self.left -= len(data)
+        return data
+
+    def drain(self) -> None:
+        """Read to the frame's end: what follows an archive's end (tar's padding), so
+        that the next frame's header is where the next read starts."""
+        while self.read(CHUNK):
+            pass
+
+
+def frames(raw: BinaryIO) -> Iterator[tuple[bool, Frame]]:
+    """The layers on the store's pipe (store.Unpacking): each a header, `t` or `z` (zstd)
+    and the length as 8 bytes big-endian, then the layer; `e` ends. The pipe's end
+    before `e` means the store gave up (Stopped: its own error is what the user sees)."""
+    while True:
+        head = raw.read(9)
+        if head[:1] == b"e":
+            return
+        if len(head) != 9 or head[:1] not in (b"t", b"z"):
+            raise Stopped()
+        yield head[:1] == b"z", Frame(raw, int.from_bytes(head[1:], "big"))
+
+
+def unpack_zstd(unpacker: Unpacker, frame: Frame) -> None:
+    """zstd, which Python 3.11 lacks, through the `zstd` program: a thread copies the
+    frame into it, tarfile reads what it writes."""
     import subprocess
+    import threading
 
     try:
-        proc = subprocess.Popen(["zstd", "-dcq"], stdin=fd, stdout=subprocess.PIPE)
+        proc = subprocess.Popen(["zstd", "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     except FileNotFoundError:
         raise UnpackError("the layer is zstd-compressed and the `zstd` program is not installed") from None
+    assert proc.stdin is not None and proc.stdout is not None
+    stdin = proc.stdin
+
+    def copy() -> None:
+        try:
+            while chunk := frame.read(CHUNK):
+                stdin.write(chunk)
+        except (BrokenPipeError, Stopped):
+            pass                        # zstd stopped reading (the tar failed): drained below
+        finally:
+            try:
+                stdin.close()
+            except BrokenPipeError:
+                pass
+
+    copier = threading.Thread(target=copy, daemon=True)
+    copier.start()
+    try:
+        unpacker.layer(proc.stdout)
+        while proc.stdout.read(CHUNK):
+            pass
+    except BaseException:
+        proc.kill()
+        raise
     finally:
-        os.close(fd)
-    return proc.stdout, proc
+        proc.stdout.close()
+        copier.join()
+        frame.drain()
+    if proc.wait() != 0:
+        raise UnpackError("zstd could not decompress it")
 
 
 def main(argv: list[str]) -> int:
-    """`unpack [--keep-owners] TARGET FD...`: the layers, bottom first, as open descriptors."""
+    """`unpack [--keep-owners] TARGET FD`: the layers, bottom first, framed on the pipe
+    FD that the store feeds (frames); never a descriptor of a layer's file, which this
+    sandbox could open again for writing through /proc/self/fd."""
     keep = argv[:1] == ["--keep-owners"]
     if keep:
         argv = argv[1:]
-    target, fds = argv[0], [int(a) for a in argv[1:]]
+    target, fd = argv[0], int(argv[1])
     unpacker = Unpacker(target, keep)
     unpacker.report = lambda n: print(f"bytes={n}", flush=True)
+    raw = os.fdopen(fd, "rb")
     try:
-        for number, fd in enumerate(fds, 1):
-            stream, proc = open_layer(fd)
+        for number, (zstd, frame) in enumerate(frames(raw), 1):
             try:
-                unpacker.layer(stream)
-                if proc is not None and proc.wait() != 0:  # type: ignore[attr-defined]
-                    raise UnpackError("zstd could not decompress it")
+                if zstd:
+                    unpack_zstd(unpacker, frame)
+                else:
+                    unpacker.layer(frame)
+                    frame.drain()
             except UnpackError as e:
                 raise UnpackError(f"layer {number}: {e}") from None
             print(f"layer={number} bytes={unpacker.size}", flush=True)
     except UnpackError as e:
         sys.stderr.write(f"rbox: error: {e}\n")
         return 1
+    except Stopped:
+        return 3
     finally:
         for text in unpacker.notices:
             sys.stderr.write(f"rbox: notice: {text}\n")

@@ -1,6 +1,6 @@
 """The pure logic of `rbox image pull` (rootless/image/registry.py, blobs.py, progress.py):
 references, default names, the choice of scheme, challenges, platforms. No connection
-is made here (constructing a Client connects to nothing)."""
+is made here."""
 
 from __future__ import annotations
 
@@ -74,12 +74,12 @@ def test_loopback(host: str, loopback: bool) -> None:
     ("https://127.0.0.1:5000/a", False, "https"), ("http://192.0.2.1/a", True, "http"),
 ])
 def test_scheme(text: str, insecure: bool, scheme: str) -> None:
-    assert registry.Client(registry.parse_ref(text), insecure, None).scheme == scheme
+    assert registry.origin(registry.parse_ref(text), insecure)[0] == scheme
 
 
 def test_plain_http_off_this_machine_needs_insecure() -> None:
     with pytest.raises(RboxError) as e:
-        registry.Client(registry.parse_ref("http://192.0.2.1/a"), False, None)
+        registry.origin(registry.parse_ref("http://192.0.2.1/a"), False)
     assert "refusing plain http to the registry `192.0.2.1`" in e.value.message
     with pytest.raises(RboxError):
         registry.check_scheme("ftp", "127.0.0.1", True, "a redirect to")
