@@ -72,6 +72,8 @@ class World:
             layout.tag(name, described)
         for name in images:
             push(layout.top, name, self.registry, f"rbox/{name}:v1", every=name in ("multi", "foreign"))
+        # base's blobs in rbox/shared too: a manifest swapped for base's would pull there.
+        push(layout.top, "base", self.registry, "rbox/shared:base")
         # What the registry serves, read here (skopeo may re-serialize manifests).
         self.digest, self.manifests = {}, {}
         for name in images:
@@ -185,7 +187,8 @@ def test_a_redirect_elsewhere_gets_no_token(world: World, env: dict[str, str], t
 def test_a_changed_blob_is_refused(world: World, env: dict[str, str], tmp_path: Path, proxy: Proxy,
                                    what: str) -> None:
     """The proxy serves other bytes that would unpack (a layer of the same size, a
-    config with another Env, another image's manifest): only the digest tells."""
+    config with another Env, another image's manifest whose blobs the repository has):
+    only the digest tells."""
     ref = f"{proxy.host}/rbox/base:v1"
     if what == "layer":
         good = world.layers["base"][1]

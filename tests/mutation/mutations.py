@@ -42,6 +42,7 @@ SEC = "tests/security/"
 DAILY = "tests/integration/test_daily.py::"
 TDAILY = "tests/integration/test_terminal_daily.py::"
 UNPACK = "tests/unit/test_unpack.py::test_attack_stays_inside"
+PULL = "tests/integration/test_image_pull.py::"
 RUN_WORDS = " ".join(name for opt in options_for("run") for name in opt.names)
 
 
@@ -375,6 +376,26 @@ MUTATIONS = [
     M("a store on NFS is used (servers refuse files of subordinate ids)",
       "rootless/image/store.py", "        if kind is not None:", "        if False:",
       "tests/integration/test_image.py::test_store_on_a_network_file_system_is_refused"),
+    # --- `rbox image pull` (rootless/image/registry.py, client.py, blobs.py, pull.py)
+    M("a blob whose bytes do not match its digest is kept in the cache and unpacked",
+      "rootless/image/blobs.py", "        if found != digest:", "        if False:",
+      PULL + "test_a_changed_blob_is_refused[layer]", PULL + "test_a_changed_blob_is_refused[config]"),
+    M("a manifest asked for by its digest is used whatever its bytes",
+      "rootless/image/client.py", 'if reference.startswith("sha256:") and digest != reference:', "if False:",
+      PULL + "test_a_changed_blob_is_refused[manifest]"),
+    M("plain http off this machine without --insecure: tokens and passwords in clear, images swapped on the way",
+      "rootless/image/registry.py", 'if scheme == "http" and not insecure and not is_loopback(hostname):',
+      "if False:",
+      PULL + "test_plain_http_off_this_machine_is_refused_before_connecting[ref-False]",
+      PULL + "test_plain_http_off_this_machine_is_refused_before_connecting[redirect-False]",
+      PULL + "test_plain_http_off_this_machine_is_refused_before_connecting[realm-False]"),
+    M("the registry's token goes to whatever origin a redirect names",
+      "rootless/image/client.py", "if origin == self.origin and self._authorization:", "if self._authorization:",
+      PULL + "test_a_redirect_elsewhere_gets_no_token"),
+    M("a failed pull leaves its half-made tree in the store",
+      "rootless/image/pull.py", "        unpacking.abort()\n        store.remove_tree(staging)\n        raise",
+      "        unpacking.abort()\n        raise",
+      PULL + "test_a_changed_blob_is_refused[layer]"),
     M("an image's tmpfs underlay stays writable: the command writes in the image's `/`",
       "rootless/rootfs.py", "    seal_image()            # an image", "    pass            # an image",
       "tests/integration/test_image_run.py::test_the_image_is_read_only_and_unchanged"),
