@@ -296,10 +296,19 @@ def start(argv: list[str], capture: bool = False, keep: list[int] | None = None)
     keeps only the descriptors in `keep` (those it passes with --pass-fd) and the
     standard ones."""
     read_end, write_end = os.pipe() if capture else (-1, -1)
+    caller = os.getpid()
     pid = os.fork()
     if pid == 0:
         code = 125
         try:
+            # A killed pull or import takes its sandbox with it (stage-1 and init follow
+            # their parents the same way): nothing may go on writing into a staging
+            # directory that the next pull removes as a dead one's (prctl(2)).
+            import signal
+
+            sc.set_pdeathsig(signal.SIGKILL)
+            if os.getppid() != caller:
+                os._exit(125)           # the caller died before the line above
             # The caller's locks (the image's name, the blob cache) are flock(2) locks,
             # held while any descriptor of their open file lives: a sandbox process that
             # outlives this call by a moment must not hold them. Nor may it hold the

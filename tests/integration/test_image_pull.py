@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from tests.integration import registry as reg
-from tests.integration.helpers import RBOX, rbox_env, run_rbox, start_rbox
+from tests.integration.helpers import RBOX, live_processes, rbox_env, run_rbox, start_rbox, wait_until
 from tests.integration.registry import GOARCH, Layout, Proxy, Registry, TokenServer, get, push, sha, tar_layer
 
 pytestmark = [pytest.mark.needs_userns, pytest.mark.needs_registry]
@@ -253,6 +253,9 @@ def test_a_killed_pull_resumes_without_fetching_again(world: World, env: dict[st
     proc.kill()                                 # SIGKILL, mid-way through the slow layer
     proc.wait(timeout=10)
     assert not (tmp_path / "store/images/three-v1").exists()
+    # Its unpacking sandbox (already unpacking the first layers) goes with it.
+    assert wait_until(lambda: not [c for c in live_processes().values() if str(tmp_path) in c]), \
+        [c for c in live_processes().values() if str(tmp_path) in c]
     del proxy.stall[slow_path]
     proxy.release()
     r = pull(f"{proxy.host}/rbox/three:v1", env=env, cwd=tmp_path)
