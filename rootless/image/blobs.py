@@ -68,8 +68,13 @@ class Blobs:
         final = self.path(digest)
         if os.path.exists(final):
             os.unlink(path)
-        else:
-            os.rename(path, final)
+            return
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)                # trusted once named by its digest: on disk first
+        finally:
+            os.close(fd)
+        os.rename(path, final)
 
     def fetch(self, digest: str, size: int, opener: Callable[[int], tuple[int, BufferedIOBase]],
               progress: Progress, aborted: Callable[[], bool], source: str) -> bool:

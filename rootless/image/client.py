@@ -52,6 +52,7 @@ class Client:
         self.origin = registry.origin(ref, insecure)
         self.where = ref.host if ref.host != registry.DOCKER_HUB else "docker.io"
         self._local = threading.local()
+        self._all: list[http.client.HTTPConnection] = []      # every thread's, for close()
         self._auth_lock = threading.Lock()
         self._authorization: str | None = None      # the header value; never printed
 
@@ -70,11 +71,14 @@ class Client:
             else:
                 conn = http.client.HTTPConnection(hostname, port, timeout=TIMEOUT)
             conns[origin] = conn
+            with self._auth_lock:
+                self._all.append(conn)
         return conn
 
     def close(self) -> None:
-        for conn in (getattr(self._local, "conns", None) or {}).values():
-            conn.close()
+        with self._auth_lock:
+            for conn in self._all:
+                conn.close()
 
     def _send(self, origin: tuple[str, str, int], path: str,
               headers: dict[str, str]) -> http.client.HTTPResponse:
@@ -153,13 +157,23 @@ class Client:
     def _redirect(self, origin: tuple[str, str, int], target: str,
                   location: str) -> tuple[tuple[str, str, int], str]:
         base = f"{origin[0]}://{_hostport(origin)}{target}"
-        url = urllib.parse.urlsplit(urllib.parse.urljoin(base, location))
-        if not url.hostname:
-            raise RboxError(f"the registry {self.where} redirects to an invalid address",
+        return self._url(urllib.parse.urljoin(base, location), "a redirect to")
+
+    def _url(self, text: str, what: str) -> tuple[tuple[str, str, int], str]:
+        """(origin, path?query) of a URL the registry gave, checked by the http rule
+        before anything connects there."""
+        url = urllib.parse.urlsplit(text)
+        try:
+            port = url.port
+        except ValueError:
+            port = -1
+        if not url.hostname or port == -1:
+            shown = log.printable(text.partition("?")[0])[:100]       # a signed URL's query is a secret
+            raise RboxError(f"the registry {self.where} gave an invalid URL `{shown}`",
                             hint="the registry is misconfigured; tell its operator")
-        check_scheme(url.scheme, url.hostname, self.insecure, "a redirect to")
-        port = url.port or (443 if url.scheme == "https" else 80)
-        return (url.scheme, url.hostname, port), (url.path or "/") + (f"?{url.query}" if url.query else "")
+        check_scheme(url.scheme, url.hostname, self.insecure, what)
+        return (url.scheme, url.hostname, port or (443 if url.scheme == "https" else 80)), \
+            (url.path or "/") + (f"?{url.query}" if url.query else "")
 
     def _authenticate(self, challenge: str) -> None:
         scheme, params = registry.parse_challenge(challenge)
@@ -179,21 +193,15 @@ class Client:
     def _token(self, params: dict[str, str]) -> str:
         """A token from the realm (the distribution token spec): GET with service and
         scope, the user's credentials as Basic when given."""
-        realm = urllib.parse.urlsplit(params["realm"])
-        if not realm.hostname:
-            raise RboxError(f"the registry {self.where} names an invalid token service",
-                            hint="the registry is misconfigured; tell its operator")
-        check_scheme(realm.scheme, realm.hostname, self.insecure, "the token service")
+        origin, target = self._url(params["realm"], "the token service")
         query = [(k, params[k]) for k in ("service",) if params.get(k)]
         query += [("scope", s) for s in (params.get("scope") or f"repository:{self.ref.repo}:pull").split(" ")]
-        target = (realm.path or "/") + "?" + ("&".join(filter(None, [realm.query])) + "&" if realm.query else "") \
-            + urllib.parse.urlencode(query)
+        target += ("&" if "?" in target else "?") + urllib.parse.urlencode(query)
         headers = {"User-Agent": f"rbox/{__version__}", "Accept-Encoding": "identity"}
         if self.creds is not None:
             raw = f"{self.creds[0]}:{self.creds[1]}".encode()
             headers["Authorization"] = "Basic " + base64.b64encode(raw).decode()
-        origin = (realm.scheme, realm.hostname, realm.port or (443 if realm.scheme == "https" else 80))
-        log.step(f"GET {realm.scheme}://{_hostport(origin)}{realm.path} (token for {self.ref.repo})")
+        log.step(f"GET {origin[0]}://{_hostport(origin)}{target.partition('?')[0]} (token for {self.ref.repo})")
         response = self._request(origin, target, headers)
         body = response.read(1 << 20)
         if response.status in (401, 403):

@@ -114,7 +114,7 @@ def _pull(the_store: Store, blobs: Blobs, ref: registry.Ref, name: str, insecure
         current = _current(the_store, name)
         if current.get("digest") == image.digest and current.get("source") == ref.shown:
             unpacking.abort()
-            _remove_empty(staging)
+            _remove(staging)
             show.finish(f"{name} is up to date ({image.digest[:19]})")
             return image.digest
         where = f"the registry {client.where}"
@@ -139,7 +139,7 @@ def _pull(the_store: Store, blobs: Blobs, ref: registry.Ref, name: str, insecure
         the_store.publish(staging, name)
     except BaseException:
         unpacking.abort()
-        store.remove_tree(staging)
+        _remove(staging)
         raise
     finally:
         if client is not None:
@@ -154,8 +154,9 @@ def _opener(client: Client, digest: str) -> Callable[[int], tuple[int, BufferedI
     return lambda at: client.blob(digest, at)
 
 
-def _remove_empty(staging: str) -> None:
-    """The staging directory of a pull that unpacked nothing."""
+def _remove(staging: str) -> None:
+    """The staging directory of a pull that stopped: at once when nothing was unpacked
+    there, else in a user namespace (store.remove_tree: files of subordinate ids)."""
     try:
         os.rmdir(os.path.join(staging, "rootfs"))
         os.rmdir(staging)

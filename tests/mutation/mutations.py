@@ -393,7 +393,7 @@ MUTATIONS = [
       "rootless/image/client.py", "if origin == self.origin and self._authorization:", "if self._authorization:",
       PULL + "test_a_redirect_elsewhere_gets_no_token"),
     M("a failed pull leaves its half-made tree in the store",
-      "rootless/image/pull.py", "        unpacking.abort()\n        store.remove_tree(staging)\n        raise",
+      "rootless/image/pull.py", "        unpacking.abort()\n        _remove(staging)\n        raise",
       "        unpacking.abort()\n        raise",
       PULL + "test_a_changed_blob_is_refused[layer]"),
     M("an image's tmpfs underlay stays writable: the command writes in the image's `/`",
