@@ -53,6 +53,7 @@ class Client:
         self.where = ref.host if ref.host != registry.DOCKER_HUB else "docker.io"
         self._local = threading.local()
         self._all: list[http.client.HTTPConnection] = []      # every thread's, for close()
+        self._all_lock = threading.Lock()
         self._auth_lock = threading.Lock()
         self._authorization: str | None = None      # the header value; never printed
 
@@ -71,12 +72,12 @@ class Client:
             else:
                 conn = http.client.HTTPConnection(hostname, port, timeout=TIMEOUT)
             conns[origin] = conn
-            with self._auth_lock:
+            with self._all_lock:
                 self._all.append(conn)
         return conn
 
     def close(self) -> None:
-        with self._auth_lock:
+        with self._all_lock:
             for conn in self._all:
                 conn.close()
 
