@@ -166,6 +166,19 @@ def test_bearer_registry_refuses(world: World, env: dict[str, str], tmp_path: Pa
     store_is_clean(tmp_path)
 
 
+def test_creds_without_a_password_and_no_terminal(world: World, env: dict[str, str], tmp_path: Path) -> None:
+    """--creds USER takes the password from $RBOX_REGISTRY_PASSWORD or the terminal:
+    with neither (a new session has no controlling terminal), a clear error, before
+    anything is asked of the registry."""
+    before = len(world.tokens.requests)
+    r = subprocess.run([*RBOX, "image", "pull", "--creds", "alice", f"{world.auth.host}/rbox/base:v1"],
+                       capture_output=True, text=True, env=rbox_env(env), cwd=tmp_path, timeout=60,
+                       stdin=subprocess.DEVNULL, start_new_session=True)
+    assert r.returncode == 125
+    assert "rbox: error: no password for --creds alice\nhint: set RBOX_REGISTRY_PASSWORD" in r.stderr
+    assert len(world.tokens.requests) == before
+
+
 def test_a_redirect_elsewhere_gets_no_token(world: World, env: dict[str, str], tmp_path: Path) -> None:
     """Blobs redirected to another origin (as to a storage service's signed URL): the
     token goes only where it was asked for."""
