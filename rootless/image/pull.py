@@ -224,21 +224,18 @@ def download(client: Client, blobs: Blobs, layers: list[registry.Desc], show: Pr
         thread.start()
     try:
         for i in range(len(layers)):
-            while not done[i].wait(0.2):
-                if failed.is_set():
-                    break
+            while not done[i].wait(0.2) and not failed.is_set():
+                pass
             if failed.is_set():
-                break
+                # The failing thread put its error in `results` before it said so. The
+                # others are not waited for (one may wait out a stalled connection):
+                # they stop at their next chunk, or end with the process.
+                errors = [r for r in results if isinstance(r, BaseException)]
+                raise next((e for e in errors if not isinstance(e, Aborted)), errors[0])
             ready(i)
-        if failed.is_set():
-            for thread in threads:
-                thread.join()
-            errors = [r for r in results if isinstance(r, BaseException)]
-            raise next((e for e in errors if not isinstance(e, Aborted)), errors[0])
-        return [bool(r) for r in results]
     except BaseException:
-        failed.set()            # Ctrl-C: the threads stop at their next chunk
+        failed.set()            # Ctrl-C, or a failure above: the threads stop at their next chunk
         raise
-    finally:
-        for thread in threads:
-            thread.join()
+    for thread in threads:
+        thread.join()
+    return [bool(r) for r in results]
