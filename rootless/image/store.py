@@ -302,8 +302,9 @@ def start(argv: list[str], capture: bool = False, keep: list[int] | None = None)
         code = 125
         try:
             # A killed pull or import takes its sandbox with it (stage-1 and init follow
-            # their parents the same way): nothing may go on writing into a staging
-            # directory that the next pull removes as a dead one's (prctl(2)).
+            # their parents the same way; prctl(2)). The end of the layers' pipe stops
+            # the unpacker too (unpack.Stopped); this also covers a sandbox still
+            # starting, which would otherwise start for nothing.
             import signal
 
             sc.set_pdeathsig(signal.SIGKILL)

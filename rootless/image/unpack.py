@@ -407,6 +407,12 @@ def main(argv: list[str]) -> int:
     """`unpack [--keep-owners] TARGET FD`: the layers, bottom first, framed on the pipe
     FD that the store feeds (frames); never a descriptor of a layer's file, which this
     sandbox could open again for writing through /proc/self/fd."""
+    import _signal
+
+    # A terminal's Ctrl-C reaches every process of the group, and rbox passes it on to
+    # this command: the store ends the unpacking (the pipe, or its death), not a signal
+    # that would print a traceback here.
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     keep = argv[:1] == ["--keep-owners"]
     if keep:
         argv = argv[1:]

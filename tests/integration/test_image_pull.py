@@ -14,6 +14,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -278,6 +279,33 @@ def test_a_killed_pull_resumes_without_fetching_again(world: World, env: dict[st
     root = Path(str(inspected("three-v1", env, tmp_path)["rootfs"]))
     assert (root / "slow").read_bytes() == world.slow_data
     assert os.listdir(tmp_path / "store/tmp") == [] and os.listdir(blobs / "partial") == []
+
+
+def test_ctrl_c_mid_pull(world: World, env: dict[str, str], tmp_path: Path, proxy: Proxy) -> None:
+    """SIGINT to the whole process group, as a terminal's Ctrl-C sends it, while a layer
+    stalls and the unpacker has the first ones: rbox ends by the signal as it does
+    anywhere before a sandbox runs (bin/rbox: the shell says 130), with no traceback,
+    no image, and its unpacking sandbox gone with it (the staging directory is the next
+    pull's to remove, as after a kill)."""
+    slow = world.layers["three"][2]
+    proxy.stall[f"/v2/rbox/three/blobs/{slow}"] = STALL_AT
+    proc = subprocess.Popen([*RBOX, "image", "pull", f"{proxy.host}/rbox/three:v1"], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=rbox_env(env),
+                            cwd=tmp_path, start_new_session=True)
+    try:
+        assert proxy.stalled.wait(30), "the pull never reached the stalled layer"
+        partial = tmp_path / "store/blobs/partial" / slow[7:]
+        assert wait_until(lambda: partial.exists() and partial.stat().st_size == STALL_AT)
+        os.killpg(proc.pid, signal.SIGINT)
+        _, err = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGINT, err
+    assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
+    assert os.listdir(tmp_path / "store/images") == []
+    assert wait_until(lambda: not [c for c in live_processes().values() if str(tmp_path) in c])
 
 
 def test_shared_layers_are_fetched_once_and_removed_last(world: World, env: dict[str, str], tmp_path: Path,
