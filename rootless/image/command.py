@@ -96,6 +96,7 @@ def do_import(the_store: Store, source: str, name: str, quiet: bool = False) -> 
     show = Progress(wanted(quiet))
     blobs = Blobs(the_store.path)
     lock = the_store.lock(name)
+    hold = -1
     try:
         hold = blobs.using()          # no blob collection (rm) until image.json names ours
         staging = the_store.staging()
@@ -124,9 +125,9 @@ def do_import(the_store: Store, source: str, name: str, quiet: bool = False) -> 
             show.stop()
             store.remove_tree(staging)
             raise
-        finally:
-            os.close(hold)
     finally:
+        if hold >= 0:
+            os.close(hold)
         os.close(lock)
     show.finish(f"imported {name}: {len(got.layers)} layer{'s' if len(got.layers) != 1 else ''}, "
                 f"{size(unpacked)} unpacked")
