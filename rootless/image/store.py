@@ -14,10 +14,12 @@ directory is on a network file system (a cluster's home), it is refused with the
 root file system slow for everyone.
 
 Layout: `images/NAME/` (the published image: `rootfs/` and `image.json`), `tmp/` (staging
-directories, one per import, named after the importing process), `locks/NAME`. An
-import unpacks into `tmp/`, and only a complete image is renamed to `images/NAME`: a
-killed import leaves nothing under the name (its staging directory is removed by the
-next import). Two imports of one name take turns on `locks/NAME` (flock).
+directories, one per import or pull, named after its process), `locks/NAME`, and the
+blob cache `blobs/` (blobs.py; `locks/.blobs`). An import or pull unpacks into `tmp/`,
+and only a complete image is renamed to `images/NAME`: a killed one leaves nothing
+under the name (its staging directory is removed by the next one). Two of one name
+take turns on `locks/NAME` (flock). The layers reach the unpacker through a pipe
+(Unpacking says why not as files).
 """
 
 from __future__ import annotations

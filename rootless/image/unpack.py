@@ -1,8 +1,9 @@
 """Unpacking image layers (tar archives) into a directory, safely.
 
 Runs in: the unpacking sandbox, as `python -m rootless.image.unpack` (the command of the
-`rbox run --root` that store.py starts, where only the target is writable). The class
-works on a descriptor of the target and nothing else, so tests call it directly too.
+`rbox run --root` that store.py starts, where only the target is writable), reading the
+layers from a pipe that the store feeds (`frames`). The class works on a descriptor of
+the target and nothing else, so tests call it directly too.
 
 Layers are untrusted archives. tarfile only parses the headers here (never extractall:
 its checks go through the host's realpath, and Debian 12's 3.11 has no filters); every
