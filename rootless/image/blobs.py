@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import os
 from collections.abc import Callable
 from io import BufferedIOBase
@@ -99,6 +98,8 @@ class Blobs:
     def _download(self, fd: int, partial: str, digest: str, size: int,
                   opener: Callable[[int], tuple[int, BufferedIOBase]], progress: Progress, aborted: Callable[[], bool],
                   source: str) -> None:
+        import hashlib
+
         h = hashlib.sha256()
         have = 0
         while chunk := os.read(fd, CHUNK):          # what a killed pull left: hashed again

@@ -9,13 +9,12 @@ Its layers then join the blob cache (blobs.py), where a pull (pull.py) finds the
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 from rootless import log
 from rootless.errors import RboxError, SpecError
-from rootless.image import sources, store
+from rootless.image import store
 from rootless.image.store import Store
 
 SUBCOMMANDS = {"import": (2, 2), "pull": (1, 2), "ls": (0, 0), "inspect": (1, 1), "rm": (1, 1)}
@@ -89,6 +88,9 @@ def _options(rest: list[str], values: dict[str, object]) -> list[str]:
 
 
 def do_import(the_store: Store, source: str, name: str, quiet: bool = False) -> None:
+    import json
+
+    from rootless.image import sources
     from rootless.image.blobs import Blobs
     from rootless.image.progress import Progress, size, wanted
 
@@ -141,6 +143,8 @@ def _shown(source: str) -> str:
 
 
 def load(the_store: Store, name: str) -> dict[str, object]:
+    import json
+
     path = os.path.join(the_store.image_dir(name), "image.json")
     try:
         with open(path) as f:
@@ -158,6 +162,8 @@ def names(the_store: Store) -> list[str]:
 
 
 def listing(the_store: Store, as_json: bool) -> None:
+    import json
+
     images = [load(the_store, n) for n in names(the_store)]
     if as_json:
         log.out(json.dumps(images, indent=1) + "\n")
@@ -179,6 +185,8 @@ def _size(value: object) -> str:
 
 
 def inspect(the_store: Store, name: str, as_json: bool) -> None:
+    import json
+
     meta = load(the_store, name)
     meta["rootfs"] = os.path.join(the_store.image_dir(name), "rootfs")
     if as_json:
@@ -195,7 +203,7 @@ def inspect(the_store: Store, name: str, as_json: bool) -> None:
     lines.append("config:")
     config = meta.get("config") or {}
     assert isinstance(config, dict)
-    lines += [f"  {key}: {json.dumps(config[key])}" for key in sources.CONFIG_KEYS if key in config]
+    lines += [f"  {key}: {json.dumps(config[key])}" for key in store.CONFIG_KEYS if key in config]
     log.out("\n".join(lines) + "\n")
 
 

@@ -20,7 +20,6 @@ on the blob cache (blobs.py: a concurrent `rbox image rm` collects no blob meanw
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -134,6 +133,8 @@ def _pull(the_store: Store, blobs: Blobs, ref: registry.Ref, name: str, insecure
                 "imported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "size": unpacked,
                 "layers": digests, "config": config, "blobs": [*digests, config_digest],
                 "cached": [d for d, was in zip(digests, cached, strict=True) if was]}
+        import json
+
         with open(os.path.join(staging, "image.json"), "w") as f:
             json.dump(meta, f, indent=1)
         the_store.publish(staging, name)
@@ -165,6 +166,8 @@ def _remove(staging: str) -> None:
 
 
 def _current(the_store: Store, name: str) -> dict[str, object]:
+    import json
+
     try:
         with open(os.path.join(the_store.image_dir(name), "image.json")) as f:
             meta = json.load(f)
@@ -174,6 +177,8 @@ def _current(the_store: Store, name: str) -> dict[str, object]:
 
 
 def _config(path: str) -> dict[str, object]:
+    import json
+
     with open(path, "rb") as f:
         data = f.read(16 << 20)
     try:
@@ -184,9 +189,7 @@ def _config(path: str) -> dict[str, object]:
     if not isinstance(raw, dict):
         raise RboxError("the image's config is not a JSON object",
                         hint="the image on the registry is damaged; push it again")
-    from rootless.image.sources import _config
-
-    return _config(raw)
+    return store.image_config(raw)
 
 
 def download(client: Client, blobs: Blobs, layers: list[registry.Desc], show: Progress, where: str,

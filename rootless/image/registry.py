@@ -2,10 +2,11 @@
 parsing a reference as docker does, the rule for plain http, WWW-Authenticate
 challenges, picking this host's platform from an index, manifest descriptors.
 
-Runs in: parent. Pure logic and cheap imports: `rbox image pull` parses the reference
-and applies the http rule with this module before it starts anything; the HTTP client
-(client.py, with http.client and ssl) is imported only after the unpacking sandbox has
-been started, so that the two overlap.
+Runs in: parent. Pure logic, and imports only when needed (ipaddress, json, platform):
+`rbox image pull` parses the reference and applies the http rule with this module
+before it starts the unpacking sandbox, and everything it imports before that fork
+delays the sandbox; the HTTP client (client.py, with http.client and ssl) is imported
+only after it, so that the two overlap.
 
 A reference is `[SCHEME://]HOST[:PORT]/REPO[:TAG][@sha256:HEX]`; without a host (no `.`
 or `:` in the first component, not `localhost`), Docker Hub; the scheme is rbox's own
@@ -16,9 +17,6 @@ redirects and a token realm, client.py).
 """
 
 from __future__ import annotations
-
-import ipaddress
-import json
 
 from rootless import log
 from rootless.errors import RboxError
@@ -129,6 +127,8 @@ def is_loopback(hostname: str) -> bool:
     """127.0.0.0/8, ::1 or `localhost`: traffic that never leaves this machine."""
     if hostname.lower() in ("localhost", "localhost."):
         return True
+    import ipaddress
+
     try:
         return ipaddress.ip_address(hostname).is_loopback
     except ValueError:
@@ -261,6 +261,8 @@ def bad_manifest(why: str) -> RboxError:
 
 
 def manifest_json(body: bytes) -> dict[str, object]:
+    import json
+
     try:
         value = json.loads(body)
     except ValueError as e:

@@ -12,10 +12,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import tarfile
 
 from rootless.errors import RboxError
+from rootless.image.store import image_config
 from rootless.image.unpack import ZSTD_MAGIC
 
 TYPE_CHECKING = False  # not `from typing import ...`: typing costs 9 ms at start-up
@@ -24,7 +24,6 @@ if TYPE_CHECKING:
 
 OCI_INDEX = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
 REF_NAME = "org.opencontainers.image.ref.name"
-CONFIG_KEYS = ("Env", "Entrypoint", "Cmd", "WorkingDir", "User")
 CHUNK = 1 << 20
 
 
@@ -161,12 +160,6 @@ def _directory(source: str, path: str, staging: str) -> Imported:
     return Imported("directory", [layer], [digest], {}, digest)
 
 
-def _config(raw: dict[str, object]) -> dict[str, object]:
-    inner = raw.get("config") or {}
-    assert isinstance(inner, dict)
-    return {key: inner[key] for key in CONFIG_KEYS if inner.get(key) not in (None, "", [])}
-
-
 def _docker(files: Files, staging: str) -> Imported:
     manifest = files.json("manifest.json")
     if not isinstance(manifest, list) or not manifest or not isinstance(manifest[0], dict):
@@ -188,7 +181,7 @@ def _docker(files: Files, staging: str) -> Imported:
         digest = "sha256:" + config_name.rsplit("/", 1)[1]
     elif config_name.endswith(".json") and len(config_name) == 69:
         digest = "sha256:" + config_name[:64]
-    return Imported("docker-archive", layers, digests, _config(config), digest)
+    return Imported("docker-archive", layers, digests, image_config(config), digest)
 
 
 def _blob(digest: object) -> str:
@@ -226,7 +219,7 @@ def _oci(files: Files, tag: str | None, staging: str) -> Imported:
         dest = os.path.join(staging, f"layer-{number}")
         digests.append(files.copy(_blob(layer.get("digest")), dest, str(layer.get("digest"))))
         layers.append(dest)
-    return Imported("oci", layers, digests, _config(config), str(descriptor.get("digest")))
+    return Imported("oci", layers, digests, image_config(config), str(descriptor.get("digest")))
 
 
 def _tag(descriptor: dict[str, object]) -> object:
@@ -258,6 +251,8 @@ GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "ppc64le": "ppc64le", "s390x": 
 
 
 def _platform(source: str, manifests: list[dict[str, object]]) -> dict[str, object]:
+    import platform
+
     arch = GOARCH.get(platform.machine(), platform.machine())
     for m in manifests:
         p = m.get("platform") or {}

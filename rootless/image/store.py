@@ -28,11 +28,13 @@ import fcntl
 import os
 import sys
 
+from rootless import log
 from rootless import syscalls as sc
 from rootless.errors import RboxError
 
 TYPE_CHECKING = False  # not `from typing import ...`: typing costs 9 ms at start-up
 if TYPE_CHECKING:
+    import threading
     from collections.abc import Callable
 
 # statfs(2) f_type of the file systems a store must not be on, with their names.
@@ -55,6 +57,18 @@ def location(environ: dict[str, str]) -> str:
 def network_fs(magic: int) -> str | None:
     """The name of a network file system by its statfs magic, else None."""
     return NETWORK_FS.get(magic)
+
+
+CONFIG_KEYS = ("Env", "Entrypoint", "Cmd", "WorkingDir", "User")
+
+
+def image_config(raw: dict[str, object]) -> dict[str, object]:
+    """What rbox keeps of an image's config (its `config` object): the keys `rbox run
+    --image` applies, when set."""
+    inner = raw.get("config") or {}
+    if not isinstance(inner, dict):
+        return {}
+    return {key: inner[key] for key in CONFIG_KEYS if inner.get(key) not in (None, "", [])}
 
 
 def check_name(name: str) -> str:
@@ -199,7 +213,7 @@ class Unpacking:
         self.progress = progress
         command = [sys.executable, *UNPACKER, *(["--keep-owners"] if keep_owners else []), target, str(read)]
         try:
-            self.pid, self.output_fd = start(sandbox_argv(target, [read]) + command, capture=True, keep=[read])
+            self.child = start(sandbox_argv(target, [read]) + command, capture=True, keep=[read])
         except BaseException:
             os.close(self.pipe)
             raise
@@ -212,7 +226,7 @@ class Unpacking:
         self.reader.start()
 
     def _read(self) -> None:
-        self.result = wait(self.pid, self.output_fd, self._report)
+        self.result = wait(self.child, self._report)
 
     def _report(self, line: str) -> None:
         fields = dict(f.partition("=")[::2] for f in line.split())
@@ -287,17 +301,29 @@ def sandbox(argv: list[str], capture: bool = False, on_line: Callable[[str], Non
             keep: list[int] | None = None) -> tuple[int, str]:
     """rbox ARGV in a child process (start), waited for (wait): its exit status, and its
     standard output when `capture` (each line also given to `on_line` as it comes)."""
-    pid, output_fd = start(argv, capture, keep)
-    return wait(pid, output_fd, on_line)
+    return wait(start(argv, capture, keep), on_line)
 
 
-def start(argv: list[str], capture: bool = False, keep: list[int] | None = None) -> tuple[int, int]:
+class Child:
+    """A started sandbox: its PID, the read end of its standard output when captured
+    (else -1), and the thread that passes its standard error on to ours."""
+
+    def __init__(self, pid: int, output_fd: int, relay: threading.Thread):
+        self.pid, self.output_fd, self.relay = pid, output_fd, relay
+
+
+def start(argv: list[str], capture: bool = False, keep: list[int] | None = None) -> Child:
     """rbox ARGV in a child process, with no configuration file applied (a site
-    profile's binds must not widen the unpacking sandbox), from `/` (no cwd bind): its
-    PID, and the read end of its standard output when `capture` (else -1). The child
-    keeps only the descriptors in `keep` (those it passes with --pass-fd) and the
-    standard ones."""
+    profile's binds must not widen the unpacking sandbox), from `/` (no cwd bind). The
+    child keeps only the descriptors in `keep` (those it passes with --pass-fd) and its
+    standard ones: stdin /dev/null, stdout a pipe when `capture`, stderr a pipe whose
+    lines a thread of ours writes to our stderr. So it needs no terminal, and it runs in
+    a process group of its own: a terminal's Ctrl-C or Ctrl-Z is for rbox, whose end
+    ends it (below), not for the unpacker, which would print a traceback."""
+    import threading
+
     read_end, write_end = os.pipe() if capture else (-1, -1)
+    err_read, err_write = os.pipe()
     caller = os.getpid()
     pid = os.fork()
     if pid == 0:
@@ -312,14 +338,17 @@ def start(argv: list[str], capture: bool = False, keep: list[int] | None = None)
             sc.set_pdeathsig(signal.SIGKILL)
             if os.getppid() != caller:
                 os._exit(125)           # the caller died before the line above
+            os.setpgid(0, 0)
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(err_write, 2)
+            if capture:
+                os.dup2(write_end, 1)
             # The caller's locks (the image's name, the blob cache) are flock(2) locks,
             # held while any descriptor of their open file lives: a sandbox process that
             # outlives this call by a moment must not hold them. Nor may it hold the
             # write ends of the layers' pipes (the unpacker would never see their end).
-            _close_others({*(keep or []), write_end})
-            if capture:
-                os.dup2(write_end, 1)
-                os.close(write_end)
+            _close_others(set(keep or []))
             code = _sandbox_child(argv)
         except RboxError as e:
             from rootless.cli import _print_error
@@ -332,20 +361,31 @@ def start(argv: list[str], capture: bool = False, keep: list[int] | None = None)
             os._exit(code)
     if capture:
         os.close(write_end)
-    return pid, read_end
+    os.close(err_write)
+    # After the fork: no thread of ours is copied into the sandbox's processes.
+    relay = threading.Thread(target=_relay, args=(err_read,), name="rbox-sandbox-stderr", daemon=True)
+    relay.start()
+    return Child(pid, read_end, relay)
 
 
-def wait(pid: int, output_fd: int, on_line: Callable[[str], None] | None = None) -> tuple[int, str]:
-    """The exit status of the child `pid` and what it wrote on `output_fd` (-1: nothing
-    captured), read to its end."""
+def _relay(fd: int) -> None:
+    with os.fdopen(fd, "rb") as f:
+        for line in f:
+            log.write_raw(line.decode(errors="replace"))
+
+
+def wait(child: Child, on_line: Callable[[str], None] | None = None) -> tuple[int, str]:
+    """The exit status of the child and what it wrote on its captured standard output,
+    read to its end."""
     output = b""
-    if output_fd >= 0:
-        with os.fdopen(output_fd, "rb") as f:
+    if child.output_fd >= 0:
+        with os.fdopen(child.output_fd, "rb") as f:
             for line in f:
                 output += line
                 if on_line is not None:
                     on_line(line.decode(errors="replace"))
-    _, status = os.waitpid(pid, 0)          # retried after a signal handler ran (PEP 475)
+    child.relay.join()
+    _, status = os.waitpid(child.pid, 0)          # retried after a signal handler ran (PEP 475)
     return os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 128 + os.WTERMSIG(status), \
         output.decode(errors="replace")
 
