@@ -74,8 +74,10 @@ class Registry:
                           f"storage:\n  filesystem:\n    rootdirectory: {storage}\n  delete:\n    enabled: true\n"
                           f"http:\n  addr: 127.0.0.1:{self.port}\n{auth}")
         self.log = open(top / "registry.log", "wb")
-        self.proc = subprocess.Popen(["docker-registry", "serve", str(config)], stdin=subprocess.DEVNULL,
-                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        # setpriv --pdeathsig: the registry dies with the test run, even a killed one.
+        self.proc = subprocess.Popen(["setpriv", "--pdeathsig", "KILL", "docker-registry", "serve", str(config)],
+                                     stdin=subprocess.DEVNULL, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
         deadline = time.monotonic() + 15
         while True:
             try:

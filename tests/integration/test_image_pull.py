@@ -49,10 +49,21 @@ class World:
 
     def __init__(self, top: Path):
         assert shutil.which("skopeo") and os.path.exists("/bin/busybox")
+        self.servers: list[Registry | TokenServer] = []
+        try:
+            self._start(top)
+        except BaseException:
+            self.stop()         # a failed setup leaves no server running
+            raise
+
+    def _start(self, top: Path) -> None:
         self.tokens = TokenServer(top)
+        self.servers.append(self.tokens)
         storage = top / "storage"
         self.registry = Registry(top / "anon", storage)
+        self.servers.append(self.registry)
         self.auth = Registry(top / "auth", storage, (self.tokens.realm, self.tokens.cert))
+        self.servers.append(self.auth)
         self.layout = layout = Layout(top / "layout")
         rand = os.urandom
         self.top_layer = tar_layer({"etc/": b"", "etc/motd": b"good\n", "work/": b""})
@@ -83,7 +94,7 @@ class World:
                        for name in images}
 
     def stop(self) -> None:
-        for server in (self.registry, self.auth, self.tokens):
+        for server in self.servers:
             server.stop()
 
 
