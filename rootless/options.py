@@ -150,6 +150,10 @@ LOGS_OPTIONS = (
 IMAGE_OPTIONS = (
     PS_OPTIONS[1],
     Opt(("--force",), "force", "`export`: replace FILE if it exists"),
+    Opt(("-q", "--quiet"), "quiet", "`pull`, `import`: no progress line on the terminal"),
+    Opt(("--creds",), "creds", "`pull`: log in to the registry as USER (password from $RBOX_REGISTRY_PASSWORD "
+        "or the terminal)", metavar="USER[:PASS]", kind="value"),
+    Opt(("--insecure",), "insecure", "`pull`: allow plain http to a registry that is not on this machine"),
     _DEBUG, _HELP,
 )
 
@@ -166,8 +170,8 @@ COMMANDS = {
     "check": ("[--json]", "Check what this host offers rbox: one finding per requirement, with the fix."),
     "unshare": ("[--] COMMAND [ARG...]", "Run COMMAND as uid 0 of a user namespace with your id map (to delete what "
                 "--root made)."),
-    "image": ("import SOURCE NAME | ls | inspect NAME | rm NAME | export NAME FILE", "Import, list, describe, "
-              "remove and export images (rbox(1), IMAGES)."),
+    "image": ("import SOURCE NAME | pull REF [NAME] | ls | inspect NAME | rm NAME | export NAME FILE", "Import, "
+              "pull, list, describe, remove and export images (rbox(1), IMAGES)."),
     "ps": ("[-a] [--json]", "List your named sandboxes that are running (-a: also those that have exited)."),
     "exec": ("[OPTIONS] NAME [--] COMMAND [ARG...]", "Run COMMAND inside the running sandbox NAME, as contained as "
              "its own command."),

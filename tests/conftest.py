@@ -43,7 +43,9 @@ PROBES = ("userns", "subuid", "slirp4netns", "pasta", "dns_stub", "vm", "vm_brok
           # Overlays (#14): the kernel's overlayfs in a user namespace, and the FUSE programs.
           "kernel_overlay", "fuse_overlayfs", "squashfuse",
           # Images: mksquashfs/unsquashfs, umoci and skopeo (the oracle), the Debian image .ci/run builds.
-          "squashfs_tools", "oci_tools", "debian_image")
+          "squashfs_tools", "oci_tools", "debian_image",
+          # `rbox image pull`'s tests: a registry of their own on loopback, images pushed with skopeo.
+          "registry")
 
 
 @functools.cache
@@ -115,6 +117,13 @@ def probe(name: str) -> str | None:
         if os.path.exists(RBOX_SCRIPT):
             return None
         return f"rbox is not installed beside {sys.executable} (pip install .)"
+    if name == "registry":
+        import shutil
+
+        missing = [tool for tool in ("docker-registry", "skopeo", "openssl") if not shutil.which(tool)]
+        if missing:
+            return f"{', '.join(missing)} not installed (Debian packages docker-registry, skopeo, openssl)"
+        return None
     if name == "two_users":
         # A second local user the test can act as (class 6 of issue #10: state planted by
         # another user). .ci/run creates `rboxother` and a sudoers drop-in for it.

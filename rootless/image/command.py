@@ -1,23 +1,25 @@
-"""`rbox image import|ls|inspect|rm`.
+"""`rbox image import|pull|ls|inspect|rm`.
 
 Runs in: parent. An import copies the source's layers into a staging directory of the
 store, unpacks them there in the unpacking sandbox (store.py), writes image.json beside
 the tree and only then renames the whole to the image's name, under the name's lock.
+Its layers then join the blob cache (blobs.py), where a pull (pull.py) finds them.
+`rm` removes the blobs no image uses any more.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import time
 
 from rootless import log
 from rootless.errors import RboxError, SpecError
-from rootless.image import sources, store
+from rootless.image import store
 from rootless.image.store import Store
 
-SUBCOMMANDS = {"import": 2, "ls": 0, "inspect": 1, "rm": 1, "export": 2}
-USAGE = "rbox image import SOURCE NAME | ls [--json] | inspect NAME [--json] | rm NAME | export NAME FILE [--force]"
+SUBCOMMANDS = {"import": (2, 2), "pull": (1, 2), "ls": (0, 0), "inspect": (1, 1), "rm": (1, 1), "export": (2, 2)}
+USAGE = ("rbox image import SOURCE NAME | pull REF [NAME] | ls [--json] | inspect NAME [--json] | rm NAME | "
+         "export NAME FILE [--force]")
 
 
 def run(args: list[str], values: dict[str, object], environ: dict[str, str]) -> int:
@@ -28,22 +30,29 @@ def run(args: list[str], values: dict[str, object], environ: dict[str, str]) -> 
     sub, rest = args[0], args[1:]
     if sub not in SUBCOMMANDS:
         raise SpecError(f"unknown subcommand `rbox image {sub}`", hint=f"usage: {USAGE}")
-    words = []
-    for word in rest:           # options may come after the subcommand and its arguments
-        if word.startswith("-") and word != "-":
-            options._parse_options([word], options.options_for("image"), values, "image")
-        else:
-            words.append(word)
+    words = _options(rest, values)
+    if values.get("debug"):
+        log.enable_debug()
     if values.get("help"):
         log.out(options.help_text("image"))
         return 0
-    if len(words) != SUBCOMMANDS[sub]:
-        raise SpecError(f"`rbox image {sub}` takes {SUBCOMMANDS[sub]} argument(s), not {len(words)}",
+    least, most = SUBCOMMANDS[sub]
+    if not least <= len(words) <= most:
+        wanted = str(least) if least == most else f"{least} or {most}"
+        raise SpecError(f"`rbox image {sub}` takes {wanted} argument(s), not {len(words)}",
                         hint=f"usage: {USAGE}")
     as_json = bool(values.get("json"))
+    if sub == "pull":
+        from rootless.image import registry
+
+        registry.parse_ref(words[0])        # a bad reference is refused before the store is made
     the_store = Store.open(environ)
     if sub == "import":
-        do_import(the_store, words[0], words[1])
+        do_import(the_store, words[0], words[1], bool(values.get("quiet")))
+    elif sub == "pull":
+        from rootless.image import pull
+
+        pull.run(the_store, words[0], words[1] if len(words) > 1 else None, values, environ)
     elif sub == "ls":
         listing(the_store, as_json)
     elif sub == "inspect":
@@ -58,29 +67,78 @@ def run(args: list[str], values: dict[str, object], environ: dict[str, str]) -> 
     return 0
 
 
-def do_import(the_store: Store, source: str, name: str) -> None:
+def _options(rest: list[str], values: dict[str, object]) -> list[str]:
+    """The words of `rest`; its options (which may come after the subcommand and its
+    arguments, with their values as the next word or after `=`) go into `values`."""
+    from rootless import options
+
+    table = options.options_for("image")
+    by_name = {name: opt for opt in table for name in opt.names}
+    words: list[str] = []
+    i = 0
+    while i < len(rest):
+        word = rest[i]
+        if word == "--":
+            return words + rest[i + 1:]
+        if word.startswith("-") and word != "-":
+            chunk = [word]
+            opt = by_name.get(word)
+            if opt is not None and opt.takes_value and i + 1 < len(rest):
+                chunk.append(rest[i + 1])
+                i += 1
+            options._parse_options(chunk, table, values, "image")
+        else:
+            words.append(word)
+        i += 1
+    return words
+
+
+def do_import(the_store: Store, source: str, name: str, quiet: bool = False) -> None:
+    import json
+
+    from rootless.image import sources
+    from rootless.image.blobs import Blobs
+    from rootless.image.progress import Progress, size, wanted
+
     store.check_name(name)
+    show = Progress(wanted(quiet))
+    blobs = Blobs(the_store.path)
     lock = the_store.lock(name)
+    hold = -1
     try:
+        hold = blobs.using()          # no blob collection (rm) until image.json names ours
         staging = the_store.staging()
         try:
-            got = sources.read(source, staging)
+            show.phase("reading", 0)
+            got = sources.read(source, staging, show.add)
             rootfs = os.path.join(staging, "rootfs")
             os.mkdir(rootfs, 0o755)
-            size = store.unpack(got.layers, rootfs, store.keeps_owners())
-            for layer in got.layers:
-                os.unlink(layer)
+            show.phase("unpacking", len(got.layers))
+            unpacked = store.unpack(got.layers, rootfs, store.keeps_owners(), show.at)
+            # The layers join the blob cache (a pull of an image that shares one fetches
+            # it no more); a directory's is a tar rbox made, which nothing shares.
+            kept = [] if got.kind == "directory" else sorted(set(got.digests))
+            for layer, digest in zip(got.layers, got.digests, strict=True):
+                if digest in kept and os.path.exists(layer):
+                    blobs.adopt(layer, digest)
+                elif os.path.exists(layer):
+                    os.unlink(layer)
             meta = {"name": name, "digest": got.digest, "kind": got.kind, "source": _shown(source),
-                    "imported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "size": size,
-                    "layers": got.digests, "config": got.config}
+                    "imported": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "size": unpacked,
+                    "layers": got.digests, "config": got.config, "blobs": kept}
             with open(os.path.join(staging, "image.json"), "w") as f:
                 json.dump(meta, f, indent=1)
             the_store.publish(staging, name)
         except BaseException:
+            show.stop()
             store.remove_tree(staging)
             raise
     finally:
+        if hold >= 0:
+            os.close(hold)
         os.close(lock)
+    show.finish(f"imported {name}: {len(got.layers)} layer{'s' if len(got.layers) != 1 else ''}, "
+                f"{size(unpacked)} unpacked")
     log.out(f"{name} {got.digest}\n")
 
 
@@ -91,6 +149,8 @@ def _shown(source: str) -> str:
 
 
 def load(the_store: Store, name: str) -> dict[str, object]:
+    import json
+
     path = os.path.join(the_store.image_dir(name), "image.json")
     try:
         with open(path) as f:
@@ -108,6 +168,8 @@ def names(the_store: Store) -> list[str]:
 
 
 def listing(the_store: Store, as_json: bool) -> None:
+    import json
+
     images = [load(the_store, n) for n in names(the_store)]
     if as_json:
         log.out(json.dumps(images, indent=1) + "\n")
@@ -129,23 +191,31 @@ def _size(value: object) -> str:
 
 
 def inspect(the_store: Store, name: str, as_json: bool) -> None:
+    import json
+
     meta = load(the_store, name)
     meta["rootfs"] = os.path.join(the_store.image_dir(name), "rootfs")
     if as_json:
         log.out(json.dumps(meta, indent=1) + "\n")
         return
-    lines = [f"{key}: {meta[key]}" for key in ("name", "digest", "kind", "source", "imported", "rootfs")]
+    lines = [f"{key}: {meta[key]}" for key in ("name", "digest", "kind", "source", "platform", "imported", "rootfs")
+             if key in meta]
     lines.append(f"size: {meta.get('size')} ({_size(meta.get('size'))})")
     lines.append("layers:")
-    lines += [f"  {d}" for d in meta.get("layers") or []]  # type: ignore[attr-defined]
+    cached = meta.get("cached") or []
+    assert isinstance(cached, list)
+    lines += [f"  {d}" + ("  (was in the blob cache)" if d in cached else "")
+              for d in meta.get("layers") or []]  # type: ignore[attr-defined]
     lines.append("config:")
     config = meta.get("config") or {}
     assert isinstance(config, dict)
-    lines += [f"  {key}: {json.dumps(config[key])}" for key in sources.CONFIG_KEYS if key in config]
+    lines += [f"  {key}: {json.dumps(config[key])}" for key in store.CONFIG_KEYS if key in config]
     log.out("\n".join(lines) + "\n")
 
 
 def remove(the_store: Store, name: str) -> None:
+    from rootless.image.blobs import Blobs
+
     load(the_store, name)
     lock = the_store.lock(name)
     try:
@@ -154,3 +224,16 @@ def remove(the_store: Store, name: str) -> None:
         store.remove_tree(trash)
     finally:
         os.close(lock)
+    # The blobs that only this image used go (and what interrupted pulls left), unless a
+    # pull or import is running: then the next `rm` does it.
+    keep: set[str] = set()
+    for other in names(the_store):
+        try:
+            meta = load(the_store, other)
+        except (RboxError, OSError, ValueError):
+            return              # an image we cannot read may use any blob: keep them all
+        for key in ("blobs", "layers"):
+            listed = meta.get(key)
+            if isinstance(listed, list):
+                keep.update(str(d) for d in listed)
+    Blobs(the_store.path).collect(keep)

@@ -64,7 +64,7 @@ def export(the_store: Store, name: str, meta: dict[str, object], dest: str, forc
                 "-p", f"/{squash.CONFIG_DIR} d 755 0 0",
                 "-p", f"{squash.CONFIG_PATH} f 444 0 0 cat {shlex.quote(config)}",
                 "-e", squash.CONFIG_DIR]            # last: -e takes the rest; an image's own /.rbox is left out
-        code, _ = store.sandbox(sandbox_argv(rootfs, meta_dir, fd) + argv)
+        code, _ = store.sandbox(sandbox_argv(rootfs, meta_dir, fd) + argv, keep=[fd])
         if code != 0:
             raise RboxError(f"mksquashfs failed (exit status {code}); `{dest}` was not written",
                             hint="its message above says why (a full disk, a quota?)")

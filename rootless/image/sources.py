@@ -13,15 +13,18 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import platform
 import tarfile
 
 from rootless.errors import RboxError
+from rootless.image.store import image_config
 from rootless.image.unpack import ZSTD_MAGIC, UnpackError
+
+TYPE_CHECKING = False  # not `from typing import ...`: typing costs 9 ms at start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable
 
 OCI_INDEX = ("application/vnd.oci.image.index.v1+json", "application/vnd.docker.distribution.manifest.list.v2+json")
 REF_NAME = "org.opencontainers.image.ref.name"
-CONFIG_KEYS = ("Env", "Entrypoint", "Cmd", "WorkingDir", "User")
 CHUNK = 1 << 20
 
 
@@ -41,8 +44,8 @@ def bad(source: str, why: str) -> RboxError:
 class Files:
     """Read access to a directory or to the members of a tar, by relative name."""
 
-    def __init__(self, source: str, path: str):
-        self.source, self.path = source, path
+    def __init__(self, source: str, path: str, progress: Callable[[int], None] | None = None):
+        self.source, self.path, self.progress = source, path, progress
         self.tar: tarfile.TarFile | None = None
         self.members: dict[str, tarfile.TarInfo] = {}
         if not os.path.isdir(path):
@@ -90,14 +93,17 @@ class Files:
             while chunk := src.read(CHUNK):
                 h.update(chunk)
                 out.write(chunk)
+                if self.progress is not None:
+                    self.progress(len(chunk))
         found = "sha256:" + h.hexdigest()
         if digest is not None and found != digest:
             raise bad(self.source, f"`{name}` has digest {found}, not {digest} as its manifest says")
         return found
 
 
-def read(source: str, staging: str) -> Imported:
-    """The layers of SOURCE copied into `staging`, with what the image says of itself."""
+def read(source: str, staging: str, progress: Callable[[int], None] | None = None) -> Imported:
+    """The layers of SOURCE copied into `staging`, with what the image says of itself;
+    `progress(bytes)` called as they are copied."""
     path, tag = source, None
     if source.startswith("oci:"):
         path, _, tag = source[4:].partition(":")
@@ -107,26 +113,26 @@ def read(source: str, staging: str) -> Imported:
     if os.path.isdir(path) and not source.startswith("oci:") and not os.path.exists(os.path.join(path, "oci-layout")):
         return _directory(source, path, staging)
     if not os.path.isdir(path) and _zstd(path):
-        return _plain(path, staging)      # tarfile cannot read zstd: the unpacker pipes it through `zstd`
+        return _plain(path, staging, progress)   # tarfile cannot read zstd: the unpacker pipes it through `zstd`
     if not source.startswith("oci:") and _squashfs_magic(path):
-        return _squashfs(source, path, staging)
-    files = Files(source, path)
+        return _squashfs(source, path, staging, progress)
+    files = Files(source, path, progress)
     if files.exists("oci-layout") and files.exists("index.json"):
         return _oci(files, tag, staging)
     if source.startswith("oci:"):
         raise bad(source, "not an OCI image layout (no oci-layout and index.json)")
     if files.exists("manifest.json"):
         return _docker(files, staging)
-    return _plain(path, staging)
+    return _plain(path, staging, progress)
 
 
-def _squashfs(source: str, path: str, staging: str) -> Imported:
+def _squashfs(source: str, path: str, staging: str, progress: Callable[[int], None] | None = None) -> Imported:
     """A SquashFS file: one layer, which the unpacker reads with squash.py; the config an
     export put in /.rbox/image.json is read here, from the copy (never mounted)."""
     from rootless.image import squash
 
     layer = os.path.join(staging, "layer-1")
-    digest = _copy_file(path, layer)
+    digest = _copy_file(path, layer, progress)
     try:
         config = squash.read_sqfs_config(layer)
     except UnpackError as e:
@@ -146,18 +152,20 @@ def _zstd(path: str) -> bool:
         return f.read(4) == ZSTD_MAGIC
 
 
-def _plain(path: str, staging: str) -> Imported:
+def _plain(path: str, staging: str, progress: Callable[[int], None] | None = None) -> Imported:
     layer = os.path.join(staging, "layer-1")
-    digest = _copy_file(path, layer)
+    digest = _copy_file(path, layer, progress)
     return Imported("tar", [layer], [digest], {}, digest)
 
 
-def _copy_file(path: str, dest: str) -> str:
+def _copy_file(path: str, dest: str, progress: Callable[[int], None] | None = None) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as src, open(dest, "wb") as out:
         while chunk := src.read(CHUNK):
             h.update(chunk)
             out.write(chunk)
+            if progress is not None:
+                progress(len(chunk))
     return "sha256:" + h.hexdigest()
 
 
@@ -174,12 +182,6 @@ def _directory(source: str, path: str, staging: str) -> Imported:
     digest = _copy_file(layer, layer + ".tmp")
     os.unlink(layer + ".tmp")
     return Imported("directory", [layer], [digest], {}, digest)
-
-
-def _config(raw: dict[str, object]) -> dict[str, object]:
-    inner = raw.get("config") or {}
-    assert isinstance(inner, dict)
-    return {key: inner[key] for key in CONFIG_KEYS if inner.get(key) not in (None, "", [])}
 
 
 def _docker(files: Files, staging: str) -> Imported:
@@ -203,7 +205,7 @@ def _docker(files: Files, staging: str) -> Imported:
         digest = "sha256:" + config_name.rsplit("/", 1)[1]
     elif config_name.endswith(".json") and len(config_name) == 69:
         digest = "sha256:" + config_name[:64]
-    return Imported("docker-archive", layers, digests, _config(config), digest)
+    return Imported("docker-archive", layers, digests, image_config(config), digest)
 
 
 def _blob(digest: object) -> str:
@@ -241,7 +243,7 @@ def _oci(files: Files, tag: str | None, staging: str) -> Imported:
         dest = os.path.join(staging, f"layer-{number}")
         digests.append(files.copy(_blob(layer.get("digest")), dest, str(layer.get("digest"))))
         layers.append(dest)
-    return Imported("oci", layers, digests, _config(config), str(descriptor.get("digest")))
+    return Imported("oci", layers, digests, image_config(config), str(descriptor.get("digest")))
 
 
 def _tag(descriptor: dict[str, object]) -> object:
@@ -273,6 +275,8 @@ GOARCH = {"x86_64": "amd64", "aarch64": "arm64", "ppc64le": "ppc64le", "s390x": 
 
 
 def _platform(source: str, manifests: list[dict[str, object]]) -> dict[str, object]:
+    import platform
+
     arch = GOARCH.get(platform.machine(), platform.machine())
     for m in manifests:
         p = m.get("platform") or {}

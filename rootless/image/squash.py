@@ -56,7 +56,7 @@ import tarfile
 import zlib
 from collections.abc import Callable, Iterator
 
-from rootless.image.sources import CONFIG_KEYS
+from rootless.image.store import CONFIG_KEYS
 from rootless.image.unpack import UnpackError
 
 MAGIC = b"hsqs"

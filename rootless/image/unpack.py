@@ -1,8 +1,9 @@
 """Unpacking image layers (tar archives) into a directory, safely.
 
 Runs in: the unpacking sandbox, as `python -m rootless.image.unpack` (the command of the
-`rbox run --root` that store.py starts, where only the target is writable). The class
-works on a descriptor of the target and nothing else, so tests call it directly too.
+`rbox run --root` that store.py starts, where only the target is writable), reading the
+layers from a pipe that the store feeds (`frames`). The class works on a descriptor of
+the target and nothing else, so tests call it directly too.
 
 Layers are untrusted archives. tarfile only parses the headers here (never extractall:
 its checks go through the host's realpath, and Debian 12's 3.11 has no filters); every
@@ -39,11 +40,17 @@ import tarfile
 
 from rootless import syscalls as sc
 
+TYPE_CHECKING = False  # not `from typing import ...`: typing costs 9 ms at start-up
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+    from typing import BinaryIO
+
 WHITEOUT = ".wh."
 OPAQUE = ".wh..wh..opq"
 CHUNK = 1 << 20
 DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+REPORT_EVERY = 4 << 20          # progress lines on stdout: `bytes=N` this often, `layer=N` after each
 
 Path = tuple[str, ...]
 
@@ -62,6 +69,11 @@ if TYPE_CHECKING:
 
 class UnpackError(Exception):
     pass
+
+
+class Stopped(Exception):
+    """The store closed the pipe before the end of the layers: it gave up (its own
+    error is what the user sees)."""
 
 
 def has_openat2() -> bool:
@@ -87,6 +99,8 @@ class Unpacker:
         self.in_root = has_openat2() if in_root is None else in_root
         self.notices: list[str] = []
         self.size = 0                   # bytes of regular files written
+        self.reported = 0               # self.size when `report` was last called
+        self.report: Callable[[int], None] | None = None
 
     def close(self) -> None:
         os.close(self.root)
@@ -255,6 +269,9 @@ class Unpacker:
             if source is not None:
                 shutil.copyfileobj(source, out, CHUNK)
                 self.size += m.size
+                if self.report is not None and self.size - self.reported >= REPORT_EVERY:
+                    self.reported = self.size
+                    self.report(self.size)
             out.flush()
             self._owner(fd, None, m)
             os.chmod(fd, self._mode(m))      # after chown, which clears set-id bits
@@ -328,29 +345,98 @@ def _exists(parent: int, base: str) -> bool:
     return True
 
 
-def head(fd: int) -> bytes:
-    """A layer's first bytes, which say its format (b"" when it cannot be read there)."""
+class Frame:
+    """The next `length` bytes of the pipe, as a file for tarfile's stream mode."""
+
+    def __init__(self, raw: BinaryIO, length: int):
+        self.raw, self.left = raw, length
+
+    def read(self, n: int = -1) -> bytes:
+        if self.left <= 0:
+            return b""
+        data = self.raw.read(self.left if n < 0 else min(n, self.left))
+        if not data:
+            raise Stopped()             # the store went away mid-layer
+        self.left -= len(data)
+        return data
+
+    def drain(self) -> None:
+        """Read to the frame's end: what follows an archive's end (tar's padding), so
+        that the next frame's header is where the next read starts."""
+        while self.read(CHUNK):
+            pass
+
+
+def frames(raw: BinaryIO) -> Iterator[tuple[bytes, Frame]]:
+    """The layers on the store's pipe (store.Unpacking): each a header, `t` (tar), `z`
+    (zstd) or `s` (SquashFS) and the length as 8 bytes big-endian, then the layer; `e`
+    ends. The pipe's end before `e` means the store gave up (Stopped: its own error is
+    what the user sees)."""
+    while True:
+        head = raw.read(9)
+        if head[:1] == b"e":
+            return
+        if len(head) != 9 or head[:1] not in (b"t", b"z", b"s"):
+            raise Stopped()
+        yield head[:1], Frame(raw, int.from_bytes(head[1:], "big"))
+
+
+def spill(frame: Frame, target: str) -> int:
+    """A SquashFS frame into a file of this sandbox's own (squash.py reads at offsets, a
+    pipe has none): unnamed (O_TMPFILE) beside the tree, so on disk, never in the tree,
+    and gone with its descriptor; a memfd where the file system has no O_TMPFILE. The
+    store never reads it back, so that this sandbox can write it matters to nobody."""
     try:
-        return os.pread(fd, 4, 0)
+        fd = os.open(target, os.O_TMPFILE | os.O_RDWR | os.O_CLOEXEC, 0o600)
     except OSError:
-        return b""
+        fd = os.memfd_create("rbox-squashfs", os.MFD_CLOEXEC)
+    while chunk := frame.read(CHUNK):
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(fd, view):]
+    return fd
 
 
-def open_layer(fd: int) -> tuple[object, object]:
-    """A layer's bytes, decompressed, and the `zstd` process doing it (or None):
-    tarfile's stream mode knows gzip, bzip2 and xz; zstd, which Python 3.11 lacks, goes
-    through the `zstd` program. The store passes regular files (pread needs no seek)."""
-    if head(fd) != ZSTD_MAGIC:
-        return os.fdopen(fd, "rb"), None
+def unpack_zstd(unpacker: Unpacker, frame: Frame) -> None:
+    """zstd, which Python 3.11 lacks, through the `zstd` program: a thread copies the
+    frame into it, tarfile reads what it writes."""
     import subprocess
+    import threading
 
     try:
-        proc = subprocess.Popen(["zstd", "-dcq"], stdin=fd, stdout=subprocess.PIPE)
+        proc = subprocess.Popen(["zstd", "-dcq"], stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     except FileNotFoundError:
         raise UnpackError("the layer is zstd-compressed and the `zstd` program is not installed") from None
+    assert proc.stdin is not None and proc.stdout is not None
+    stdin = proc.stdin
+
+    def copy() -> None:
+        try:
+            while chunk := frame.read(CHUNK):
+                stdin.write(chunk)
+        except (BrokenPipeError, Stopped):
+            pass                        # zstd stopped reading (the tar failed): drained below
+        finally:
+            try:
+                stdin.close()
+            except BrokenPipeError:
+                pass
+
+    copier = threading.Thread(target=copy, daemon=True)
+    copier.start()
+    try:
+        unpacker.layer(proc.stdout)
+        while proc.stdout.read(CHUNK):
+            pass
+    except BaseException:
+        proc.kill()
+        raise
     finally:
-        os.close(fd)
-    return proc.stdout, proc
+        proc.stdout.close()
+        copier.join()
+        frame.drain()
+    if proc.wait() != 0:
+        raise UnpackError("zstd could not decompress it")
 
 
 def squashfs(unpacker: Unpacker, fd: int) -> None:
@@ -366,27 +452,44 @@ def squashfs(unpacker: Unpacker, fd: int) -> None:
 
 
 def main(argv: list[str]) -> int:
-    """`unpack [--keep-owners] TARGET FD...`: the layers, bottom first, as open descriptors."""
+    """`unpack [--keep-owners] TARGET FD`: the layers, bottom first, framed on the pipe
+    FD that the store feeds (frames); never a descriptor of a layer's file, which this
+    sandbox could open again for writing through /proc/self/fd."""
+    import _signal
+
+    # A terminal's Ctrl-C reaches every process of the group, and rbox passes it on to
+    # this command: the store ends the unpacking (the pipe, or its death), not a signal
+    # that would print a traceback here.
+    _signal.signal(_signal.SIGINT, _signal.SIG_IGN)
     keep = argv[:1] == ["--keep-owners"]
     if keep:
         argv = argv[1:]
-    target, fds = argv[0], [int(a) for a in argv[1:]]
+    target, fd = argv[0], int(argv[1])
     unpacker = Unpacker(target, keep)
+    unpacker.report = lambda n: print(f"bytes={n}", flush=True)
+    raw = os.fdopen(fd, "rb")
     try:
-        for number, fd in enumerate(fds, 1):
+        for number, (kind, frame) in enumerate(frames(raw), 1):
             try:
-                if head(fd) == b"hsqs":
-                    squashfs(unpacker, fd)
-                    continue
-                stream, proc = open_layer(fd)
-                unpacker.layer(stream)
-                if proc is not None and proc.wait() != 0:  # type: ignore[attr-defined]
-                    raise UnpackError("zstd could not decompress it")
+                if kind == b"s":
+                    layer = spill(frame, target)
+                    try:
+                        squashfs(unpacker, layer)
+                    finally:
+                        os.close(layer)
+                elif kind == b"z":
+                    unpack_zstd(unpacker, frame)
+                else:
+                    unpacker.layer(frame)
+                    frame.drain()
             except UnpackError as e:
                 raise UnpackError(f"layer {number}: {e}") from None
+            print(f"layer={number} bytes={unpacker.size}", flush=True)
     except UnpackError as e:
         sys.stderr.write(f"rbox: error: {e}\n")
         return 1
+    except Stopped:
+        return 3
     finally:
         for text in unpacker.notices:
             sys.stderr.write(f"rbox: notice: {text}\n")

@@ -130,3 +130,46 @@ except RboxError as e:
     assert r.stdout.startswith("unpacking failed")
     assert sorted(p.name for p in home_dir.iterdir()) == ["1.tar", "2.tar", "secret", "target"]
     assert os.listdir(target) == ["x"]
+
+
+REWRITE = """
+import os, sys
+args = sys.argv[1:]
+for fd in args[2:] if args[0] == "--keep-owners" else args[1:]:     # [--keep-owners] TARGET FD...
+    try:
+        out = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY)   # the magic link, opened again for writing
+        os.write(out, b"POISONED")
+        print("wrote")
+    except OSError as e:
+        print(f"refused {e.strerror}")
+"""
+
+
+def test_the_unpacker_cannot_rewrite_a_cached_blob(home_dir: Path) -> None:
+    """A blob in the cache is trusted by every later image: the unpacking sandbox gets a
+    layer through a pipe, so a command there that opens its descriptor again for
+    writing (/proc/self/fd/N) reaches the pipe, never the blob's file. The control: a
+    descriptor of the file itself, read-only as it is, lets the same probe rewrite it."""
+    target = home_dir / "target"
+    target.mkdir()
+    blob = layer(home_dir / "blob", ("f", tarfile.REGTYPE, "", 0))
+    before = Path(blob).read_bytes()
+    r = store_call(f"""
+store.UNPACKER = ["-c", {REWRITE!r}]
+u = store.Unpacking({str(target)!r}, False)
+u.feed({blob!r})
+u.abort()
+print(u.result)
+""")
+    assert r.returncode == 0, r.stderr
+    assert "(0, 'wrote\\n')" in r.stdout           # it wrote: into the pipe
+    assert Path(blob).read_bytes() == before
+    # Control: the file's own descriptor passed into the same sandbox (as rbox once did).
+    r = store_call(f"""
+import os
+fd = os.open({blob!r}, os.O_RDONLY)
+argv = store.sandbox_argv({str(target)!r}, [fd]) + [sys.executable, "-c", {REWRITE!r}, {str(target)!r}, str(fd)]
+print(store.sandbox(argv, capture=True, keep=[fd]))
+""")
+    assert r.returncode == 0, r.stderr
+    assert "(0, 'wrote\\n')" in r.stdout and Path(blob).read_bytes().startswith(b"POISONED")
