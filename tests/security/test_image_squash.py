@@ -53,7 +53,7 @@ def test_export_sandbox_writes_only_the_output(home_dir: Path) -> None:  # noqa:
         argv = f"export.sandbox_argv({str(places[0])!r}, {str(places[1])!r}, {fd})"
         code = (f"import sys\nfrom rootless.image import export, store\n"
                 f"sys.exit(store.sandbox({argv} + [sys.executable, '-c', {PROBE!r}, "
-                f"{str(places[0])!r}, {str(places[1])!r}, {str(places[2])!r}, 'fd:{fd}'])[0])")
+                f"{str(places[0])!r}, {str(places[1])!r}, {str(places[2])!r}, 'fd:{fd}'], keep=[{fd}])[0])")
         r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd="/",
                            env=rbox_env(None), stdin=subprocess.DEVNULL, pass_fds=(fd,))
         assert r.returncode == 0, r.stderr
