@@ -19,14 +19,15 @@ slirp4netns joins PID 1's user and network namespaces, creates tap0 and configur
 
 from __future__ import annotations
 
+import _signal as signal  # not `signal`: it imports enum (3 ms at start-up); signals.py says more
 import errno
 import os
-import signal
 
 from rootless import log, net, spawn, state
 from rootless.errors import HostSetupError, NetworkError, resource_hint, resource_hint_in
 from rootless.hostcheck import FIX
 from rootless.net.ports import Port
+from rootless.signals import name as signal_name
 from rootless.userns import which
 
 KNOWN = ("--configure", "--ready-fd", "--exit-fd", "--mtu", "--api-socket", "--disable-host-loopback",
@@ -199,7 +200,7 @@ def exit_words(status: int | None) -> str:
     if os.WIFSIGNALED(status):
         signo = os.WTERMSIG(status)
         try:
-            name = f" ({signal.Signals(signo).name})"
+            name = f" ({signal_name(signo)})"
         except ValueError:
             name = ""
         return f"was killed by signal {signo}{name}"
