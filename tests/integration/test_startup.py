@@ -61,3 +61,32 @@ def test_the_installed_command_loads_nothing_it_does_not_use(tmp_path) -> None:
     assert "rootless.parent" in names
     assert sorted(names & set(NOT_ON_A_PLAIN_RUN)) == []
 
+
+BENCH = os.path.join(os.path.dirname(__file__), "..", "..", "bench", "startup.py")
+
+
+def test_the_benchmark_runs_and_flags_a_slowdown(tmp_path) -> None:
+    """A smoke of bench/startup.py (one round; nothing about the figures is asserted),
+    and its --compare: a previous run with ratios half as large is a regression."""
+    import json
+
+    out = tmp_path / "now.json"
+    r = subprocess.run([sys.executable, BENCH, "-n", "1", "--json", str(out)], cwd=tmp_path, env=rbox_env(None),
+                       capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0, r.stdout + r.stderr
+    now = json.loads(out.read_text())
+    assert "rbox / python -I -S" in now["ratios"] and now["phases_ms"] and now["peak_rss_kib"] > 0
+    assert "where the time of" in r.stdout
+    previous = tmp_path / "previous.json"
+    previous.write_text(json.dumps({"ratios": {name: value / 2 for name, value in now["ratios"].items()}}))
+    same = tmp_path / "same.json"
+    same.write_text(json.dumps({"ratios": now["ratios"]}))
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_startup", BENCH)
+    assert spec is not None and spec.loader is not None
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    assert bench.compare(now, str(same)) == []
+    slower = bench.compare(now, str(previous))
+    assert any(line.startswith("rbox / python -I -S: ") for line in slower), slower
