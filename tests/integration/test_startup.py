@@ -49,7 +49,7 @@ def test_a_plain_run_loads_nothing_it_does_not_use(tmp_path, net: str) -> None:
     # command does not (the last test).
     allowed = {"functools", "collections"}
     if net == "default":
-        allowed |= {"rootless.net.slirp", "rootless.hostcheck"}
+        allowed |= {"rootless.net.slirp"}
     assert {"rootless.parent", "rootless.init"} <= names
     assert sorted(names & set(NOT_ON_A_PLAIN_RUN) - allowed) == []
 
