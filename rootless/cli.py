@@ -24,7 +24,23 @@ def entry() -> None:
     from rootless import fds
 
     fds.reserve_stdio()     # before anything opens a file that could land on 0, 1 or 2
-    os._exit(main())
+    code = main()
+    if log.debugging():
+        log.step(f"exit {code}, peak RSS {_peak_rss()}")
+    os._exit(code)
+
+
+def _peak_rss() -> str:
+    """This process's own high-water mark (VmHWM, proc(5)); not getrusage's ru_maxrss,
+    which also counts the mm of the process that forked rbox before its exec."""
+    try:
+        with open("/proc/self/status", "rb") as f:
+            for line in f:
+                if line.startswith(b"VmHWM:"):
+                    return line.split(b":")[1].decode().strip()
+    except OSError:
+        pass
+    return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,6 +78,7 @@ def _main(argv: list[str]) -> int:
     parsed = options.parse(argv)
     if parsed.values.get("debug"):
         log.enable_debug()
+    log.step(f"rbox {__version__}, started at {log.started():.6f} s on the monotonic clock")
     if parsed.values.get("version"):
         log.out(f"rbox {__version__}\n")
         return 0

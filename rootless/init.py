@@ -20,9 +20,9 @@ host's site-packages may be gone (mkosi imports `warnings` eagerly for this reas
 
 from __future__ import annotations
 
+import _signal as signal  # not `signal`: it imports enum (3 ms at start-up); signals.py says more
 import errno
 import os
-import signal
 import time
 
 from rootless import latemounts, log, mounts, net, payload, rootfs, sync

@@ -24,6 +24,12 @@ def enable_debug(on: bool = True) -> None:
     _state["debug"] = on
 
 
+def started() -> float:
+    """When rbox started, on CLOCK_MONOTONIC (the clock every process shares): the zero
+    of the debug lines' milliseconds, for bench/startup.py to place them."""
+    return _START
+
+
 def debugging() -> bool:
     return bool(_state["debug"])
 

@@ -10,9 +10,9 @@ one during the run is forwarded to PID 1, which forwards it to the command.
 
 from __future__ import annotations
 
+import _signal as signal  # not `signal`: it imports enum (3 ms at start-up); signals.py says more
 import os
 import select
-import signal
 import time
 
 from rootless import log, mounts, stage1, state, sync, userns
@@ -20,6 +20,7 @@ from rootless.console import Console
 from rootless.errors import BUG_HINT, SLOW_HINT, ProtocolError, RboxError, waitstatus_to_code
 from rootless.guard import run_child
 from rootless.signals import FORWARDED, TERMINATING, block, read_signalfd, signalfd
+from rootless.signals import name as signal_name
 from rootless.spawn import Aborted, readable
 from rootless.spec import Spec
 
@@ -340,7 +341,7 @@ class Sandbox:
             log.warn(f"{self.driver.death_note()}; the sandbox has no network from now on")
 
     def _on_signal(self, signo: int) -> None:
-        log.step(f"got signal {signal.Signals(signo).name}")
+        log.step(f"got signal {signal_name(signo)}")
         if not self.init_pid:
             if signo in TERMINATING:
                 raise Interrupted(signo)

@@ -9,13 +9,18 @@ aborts it cleanly and one during the run is forwarded to PID 1.
 
 init has a session and process group of its own (init.py says why), so every signal it
 gets is meant for the command, and it forwards them all.
+
+Every start-up module imports the built-in `_signal`, not `signal`: `signal` wraps the
+same functions to return enum members, and importing it loads enum, functools and
+collections (about 3 ms, a tenth of a run). The numbers are the same ints; only `name()`
+wants the enum, and loads it when a signal's name is printed.
 """
 
 from __future__ import annotations
 
+import _signal as signal  # not `signal`: it imports enum (3 ms at start-up); signals.py says more
 import ctypes
 import os
-import signal
 import struct
 
 from rootless.syscalls import libc
@@ -38,6 +43,12 @@ ALL_SIGNALS = frozenset(signal.valid_signals()) - {signal.SIGKILL, signal.SIGSTO
 COMMAND_DEFAULTS = ALL_SIGNALS - IGNORED
 SFD_CLOEXEC = 0o2000000
 
+
+def name(signo: int) -> str:
+    """SIGTERM for 15: for messages only (it imports `signal`, hence enum, on first use)."""
+    import signal as named
+
+    return named.Signals(signo).name    # ValueError for a number that names no signal
 
 
 def block(signals: tuple[int, ...]) -> None:

@@ -18,9 +18,9 @@ polling waitpid, so the answer stays right, only later.
 
 from __future__ import annotations
 
+import _signal as signal  # not `signal`: it imports enum (3 ms at start-up); signals.py says more
 import os
 import select
-import signal
 import time
 
 from rootless import kernel, log

@@ -21,9 +21,9 @@ While it waits, stage-1 is the watcher of mounts the host makes after the start
 
 from __future__ import annotations
 
+import _signal as signal  # not `signal`: it imports enum (3 ms at start-up); signals.py says more
 import errno
 import os
-import signal
 
 from rootless import init, latemounts, log, sync
 from rootless import syscalls as sc

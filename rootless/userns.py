@@ -262,10 +262,9 @@ def nested_keep(own: int, extents: list[Extent]) -> list[Extent]:
 
 
 def apply_idmap(plan: IdMapPlan, pid: int) -> None:
-    """Map stage-1's user namespace. newgidmap before newuidmap, as crun does."""
+    """Map stage-1's user namespace: newgidmap and newuidmap at the same time."""
     if plan.mode == "subid":
-        run_helper(helper_argv(plan.newgidmap, pid, plan.gid_map))
-        run_helper(helper_argv(plan.newuidmap, pid, plan.uid_map))
+        run_helpers(helper_argv(plan.newgidmap, pid, plan.gid_map), helper_argv(plan.newuidmap, pid, plan.uid_map))
         return
     # setgroups must be `deny` before an unprivileged gid_map write (Linux 3.19+,
     # CVE-2014-8989); files written by the namespace's creator, from the parent namespace.
@@ -284,17 +283,40 @@ def map_text(extents: list[Extent]) -> str:
     return "".join(f"{i} {o} {c}\n" for i, o, c in extents)
 
 
-def run_helper(argv: list[str]) -> None:
-    """Run a setuid helper; its output becomes the error. Never hangs (HELPER_TIMEOUT)."""
+def run_helpers(*argvs: list[str]) -> None:
+    """Run setuid helpers side by side; the first failure, in argument order, becomes the
+    error, with the helper's output. Never hangs (HELPER_TIMEOUT).
+
+    newgidmap and newuidmap need no order: each writes its own file of the target
+    (/proc/PID/gid_map, uid_map; newgidmap's own `setgroups` write, where it makes one,
+    comes before its gid_map), the kernel takes each map whole, once (user_namespaces(7)),
+    and stage-1 waits for IDMAP_DONE, sent only when both have exited. One after the
+    other they cost two process starts in a row (about 2 ms each)."""
+    import time
+
     from rootless import spawn
 
-    tool = os.path.basename(argv[0])
+    started: list[spawn.Helper] = []
     try:
-        code, output = spawn.run(argv, HELPER_TIMEOUT)
-    except OSError as e:
-        raise NamespaceError(f"cannot run `{argv[0]}`: {e.strerror}",
-                             hint=resource_hint(e.errno or 0) or f"`{tool}` must be an executable file "
-                             "(Debian package `uidmap`)") from None
+        for argv in argvs:
+            try:
+                started.append(spawn.Helper(argv))
+            except OSError as e:
+                raise NamespaceError(f"cannot run `{argv[0]}`: {e.strerror}",
+                                     hint=resource_hint(e.errno or 0) or f"`{os.path.basename(argv[0])}` must be "
+                                     "an executable file (Debian package `uidmap`)") from None
+        deadline = time.monotonic() + HELPER_TIMEOUT
+        for argv, helper in zip(argvs, started, strict=True):
+            status = helper.wait_exit(max(0.0, deadline - time.monotonic()))
+            check_helper(argv, None if status is None else os.waitstatus_to_exitcode(status), helper.output_tail())
+    finally:
+        for helper in started:
+            helper.stop()
+
+
+def check_helper(argv: list[str], code: int | None, output: str) -> None:
+    """A helper's exit code (None: it timed out) as an error, if it failed."""
+    tool = os.path.basename(argv[0])
     if code is None:
         raise NamespaceError(f"`{tool}` did not finish within {HELPER_TIMEOUT:g} s",
                              hint="the machine may be overloaded (or a directory service slow): try again")

@@ -26,8 +26,8 @@ of the host's ports into the sandbox, which would open the host's loopback servi
 
 from __future__ import annotations
 
+import _signal as signal  # not `signal`: it imports enum (3 ms at start-up); signals.py says more
 import os
-import signal
 
 from rootless import kernel, log, net, spawn, state
 from rootless.errors import HostSetupError, NetworkError, resource_hint_in

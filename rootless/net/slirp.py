@@ -19,14 +19,14 @@ slirp4netns joins PID 1's user and network namespaces, creates tap0 and configur
 
 from __future__ import annotations
 
+import _signal as signal  # not `signal`: it imports enum (3 ms at start-up); signals.py says more
 import errno
 import os
-import signal
 
 from rootless import log, net, spawn, state
 from rootless.errors import HostSetupError, NetworkError, resource_hint, resource_hint_in
-from rootless.hostcheck import FIX
 from rootless.net.ports import Port
+from rootless.signals import name as signal_name
 from rootless.userns import which
 
 KNOWN = ("--configure", "--ready-fd", "--exit-fd", "--mtu", "--api-socket", "--disable-host-loopback",
@@ -80,15 +80,22 @@ def preflight(path: str | None) -> str:
     """The slirp4netns binary, after the host checks that can be made before forking."""
     binary = which("slirp4netns", path)
     if binary is None:
-        raise HostSetupError("slirp4netns is not installed (Debian package `slirp4netns`)", hint=FIX["slirp4netns"])
+        raise HostSetupError("slirp4netns is not installed (Debian package `slirp4netns`)", hint=fix("slirp4netns"))
     check_tun()
     return binary
+
+
+def fix(key: str) -> str:
+    """hostcheck's fix text, loaded only for an error: hostcheck is `rbox check`'s module."""
+    from rootless.hostcheck import FIX
+
+    return FIX[key]
 
 
 def check_tun(device: str = "/dev/net/tun") -> None:
     if not os.access(device, os.R_OK | os.W_OK):
         raise HostSetupError(f"cannot use `{device}`: permission denied (it is not mode 0666)",
-                             hint=FIX["tun"].replace("/dev/net/tun", device) + "; --net=none runs without a network")
+                             hint=fix("tun").replace("/dev/net/tun", device) + "; --net=none runs without a network")
 
 
 def probe_features(probe: spawn.Helper) -> frozenset[str]:
@@ -199,7 +206,7 @@ def exit_words(status: int | None) -> str:
     if os.WIFSIGNALED(status):
         signo = os.WTERMSIG(status)
         try:
-            name = f" ({signal.Signals(signo).name})"
+            name = f" ({signal_name(signo)})"
         except ValueError:
             name = ""
         return f"was killed by signal {signo}{name}"

@@ -257,7 +257,7 @@ MUTATIONS = [
     M("newgidmap is given the uid map",
       "rootless/userns.py", "helper_argv(plan.newgidmap, pid, plan.gid_map)",
       "helper_argv(plan.newgidmap, pid, plan.uid_map)",
-      U_USERNS + "test_apply_runs_newgidmap_then_newuidmap_with_the_literal_maps"),
+      U_USERNS + "test_apply_runs_newgidmap_and_newuidmap_with_the_literal_maps"),
     M("your own id is mapped to another outer id",
       "rootless/userns.py", "    extents = [(own, own, 1)]\n", "    extents = [(own, own + 1, 1)]\n",
       U_USERNS + "test_plan_for_your_own_ids_with_distinct_uid_and_gid_ranges",

@@ -95,17 +95,40 @@ def test_plan_for_your_own_ids_with_distinct_uid_and_gid_ranges(host) -> None:
     assert plan.gid_map == [(0, 500000, 1001), (1001, 1001, 1), (1002, 501001, 2999)]
 
 
-def test_apply_runs_newgidmap_then_newuidmap_with_the_literal_maps(tmp_path) -> None:
+def test_apply_runs_newgidmap_and_newuidmap_with_the_literal_maps(tmp_path) -> None:
     # Stand-ins for the setuid helpers that record how they were called.
-    calls = tmp_path / "calls"
     for tool in ("newuidmap", "newgidmap"):
-        (tmp_path / tool).write_text(f'#!/bin/sh\necho {tool} "$@" >> {calls}\n')
+        (tmp_path / tool).write_text(f'#!/bin/sh\necho {tool} "$@" > {tmp_path}/{tool}.call\n')
         (tmp_path / tool).chmod(0o755)
     plan = userns.IdMapPlan("subid", [(0, 1000, 1), (1, 200000, 65536)], [(0, 1001, 1), (1, 500000, 4000)],
                             newuidmap=str(tmp_path / "newuidmap"), newgidmap=str(tmp_path / "newgidmap"))
     userns.apply_idmap(plan, 4242)
-    assert calls.read_text().splitlines() == ["newgidmap 4242 0 1001 1 1 500000 4000",
-                                              "newuidmap 4242 0 1000 1 1 200000 65536"]
+    assert (tmp_path / "newgidmap.call").read_text() == "newgidmap 4242 0 1001 1 1 500000 4000\n"
+    assert (tmp_path / "newuidmap.call").read_text() == "newuidmap 4242 0 1000 1 1 200000 65536\n"
+
+
+def test_apply_runs_both_helpers_at_the_same_time(tmp_path) -> None:
+    """Each stand-in marks that it started, then waits for the other's mark and fails
+    without it: run one after the other, the first would never see the second's."""
+    for tool, other in (("newuidmap", "newgidmap"), ("newgidmap", "newuidmap")):
+        (tmp_path / tool).write_text(f"#!/bin/sh\ntouch {tmp_path}/{tool}.started\n"
+                                     f"for i in $(seq 500); do [ -e {tmp_path}/{other}.started ] && exit 0; "
+                                     "sleep 0.01; done\necho the other helper never started; exit 1\n")
+        (tmp_path / tool).chmod(0o755)
+    plan = userns.IdMapPlan("subid", [(0, 1000, 1)], [(0, 1001, 1)],
+                            newuidmap=str(tmp_path / "newuidmap"), newgidmap=str(tmp_path / "newgidmap"))
+    userns.apply_idmap(plan, 4242)
+
+
+def test_apply_reports_newgidmap_first_when_both_fail(tmp_path) -> None:
+    for tool in ("newuidmap", "newgidmap"):
+        (tmp_path / tool).write_text(f"#!/bin/sh\necho {tool} refused >&2\nexit 1\n")
+        (tmp_path / tool).chmod(0o755)
+    plan = userns.IdMapPlan("subid", [(0, 1000, 1)], [(0, 1001, 1)],
+                            newuidmap=str(tmp_path / "newuidmap"), newgidmap=str(tmp_path / "newgidmap"))
+    with pytest.raises(userns.NamespaceError) as e:
+        userns.apply_idmap(plan, 4242)
+    assert "newgidmap refused" in e.value.message and "newuidmap" not in e.value.message
 
 
 @pytest.mark.parametrize(("change", "reason"), [
