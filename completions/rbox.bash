@@ -9,14 +9,14 @@ _rbox() {
         case "${COMP_WORDS[i]}" in run|sh|check|unshare|image|ps|exec|stop|stats|logs) cmd="${COMP_WORDS[i]}"; break;; esac
     done
     case "$cmd:$prev" in
-        run:--name|run:-p|run:--publish|run:--image|run:--hostname|run:-e|run:--env|run:--unsetenv|run:--memory|run:--memory-high|run:--memory-swap|run:--cpus|run:--cpu-weight|run:--pids-limit|run:--io-weight|run:--pass-fd|run:--profile|sh:-c|sh:-p|sh:--publish|sh:--image|sh:--hostname|sh:-e|sh:--env|sh:--unsetenv|sh:--memory|sh:--memory-high|sh:--memory-swap|sh:--cpus|sh:--cpu-weight|sh:--pids-limit|sh:--io-weight|sh:--pass-fd|sh:--profile|exec:-e|exec:--env|stop:-t|stop:--time) return;;
+        run:--name|run:--join-count|run:-p|run:--publish|run:--image|run:--hostname|run:-e|run:--env|run:--unsetenv|run:--memory|run:--memory-high|run:--memory-swap|run:--cpus|run:--cpu-weight|run:--pids-limit|run:--io-weight|run:--pass-fd|run:--profile|sh:-c|sh:-p|sh:--publish|sh:--image|sh:--hostname|sh:-e|sh:--env|sh:--unsetenv|sh:--memory|sh:--memory-high|sh:--memory-swap|sh:--cpus|sh:--cpu-weight|sh:--pids-limit|sh:--io-weight|sh:--pass-fd|sh:--profile|exec:-e|exec:--env|stop:-t|stop:--time) return;;
         run:--net|sh:--net) COMPREPLY=($(compgen -W "slirp4netns pasta none host" -- "$cur")); return;;
         run:--bind|run:--ro-bind|run:--bind-try|run:--ro-bind-try|run:--tmpfs|run:--hide|run:--rootfs|run:-w|run:--workdir|sh:--bind|sh:--ro-bind|sh:--bind-try|sh:--ro-bind-try|sh:--tmpfs|sh:--hide|sh:--rootfs|sh:-w|sh:--workdir|exec:-w|exec:--workdir) COMPREPLY=($(compgen -f -- "$cur")); return;;
         run:--home|sh:--home) COMPREPLY=($(compgen -W "ro rw tmpfs" -- "$cur")); return;;
     esac
     case "$cmd" in
         "") COMPREPLY=($(compgen -W "run sh check unshare image ps exec stop stats logs -h --help --version --debug" -- "$cur"));;
-        run) COMPREPLY=($(compgen -W "-d --detach --name --root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --bind-try --ro-bind-try --tmpfs --hide --rootfs --image --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight --pass-fd -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
+        run) COMPREPLY=($(compgen -W "-d --detach --name --join --join-count --root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --bind-try --ro-bind-try --tmpfs --hide --rootfs --image --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight --pass-fd -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
         sh) COMPREPLY=($(compgen -W "-l --login -c --root --fakeroot --net -p --publish --allow-host-loopback --bind --ro-bind --bind-try --ro-bind-try --tmpfs --hide --rootfs --image --home --cwd-writable -w --workdir --hostname -e --env --unsetenv --clearenv --memory --memory-high --memory-swap --cpus --cpu-weight --pids-limit --io-weight --pass-fd -t --tty -T --no-tty --profile --dry-run --debug -h --help" -- "$cur"));;
         check|image) COMPREPLY=($(compgen -W "--json --debug -h --help" -- "$cur"));;
         unshare) COMPREPLY=($(compgen -W "--debug -h --help" -- "$cur"));;

@@ -1,0 +1,145 @@
+"""`rbox run --join`: the ranks of one step on one node share one sandbox (issue #16).
+
+Runs in: the test runner, as the unprivileged user: real ranks of srun (on the test
+cluster) and mpirun, and plain rbox processes with --join-count for the failures (a
+rank that never arrives, one killed by SIGKILL while the others wait, options that
+disagree), each checked to leave no process and no state behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from tests.integration.helpers import live_processes, wait_until
+from tests.slurm.jobs import run, slurm_env
+from tests.slurm.test_mpi import program, ranks  # noqa: F401 (program: the fixture)
+
+pytestmark = [pytest.mark.needs_userns]
+
+JOINED = 'exec rbox run --join --net=host --bind "$PMIX_SERVER_TMPDIR" -- ./mpi_hello'
+SEPARATE = 'exec rbox run --net=host --bind "$PMIX_SERVER_TMPDIR" -- ./mpi_hello'
+STATE = Path(f"/tmp/rbox-{os.getuid()}")        # no XDG_RUNTIME_DIR in the tests' jobs (slurm_env)
+
+
+def left_behind(marker: str) -> list[str]:
+    """Processes whose command line names `marker`, and state of its group or sandbox."""
+    found = [cmd for cmd in live_processes().values() if marker in cmd]
+    found += [str(p) for p in (STATE / f"join.{marker}", STATE / "named" / f"join.{marker}") if p.exists()]
+    return found
+
+
+def nothing_left(marker: str) -> None:
+    assert wait_until(lambda: not left_behind(marker), timeout=8), left_behind(marker)
+
+
+def check_one_sandbox(r: subprocess.CompletedProcess[str]) -> None:
+    """Both ranks ran, their ping-pong came back intact, and they share the PID, IPC and
+    network namespaces (PIDs of one namespace: two different small numbers)."""
+    assert r.returncode == 0, r.stdout + r.stderr
+    lines = ranks(r.stdout)
+    assert [(m.group(1), m.group(2), m.group(7)) for m in lines] == [("0", "2", "ok"), ("1", "2", "ok")], r.stdout
+    assert len({m.group(4) for m in lines}) == 1 and len({m.group(5) for m in lines}) == 1
+    assert len({m.group(6) for m in lines}) == 1
+    pids = {int(m.group(3)) for m in lines}
+    assert len(pids) == 2 and max(pids) < 100, r.stdout
+    assert "rbox:" not in r.stderr and "PMIX ERROR" not in r.stderr, r.stderr
+
+
+@pytest.mark.needs_slurm
+@pytest.mark.needs_mpi
+def test_srun_ranks_share_one_sandbox_and_its_shared_memory(program: Path, bindir: Path) -> None:
+    """No OMPI_MCA_btl: Open MPI's shared-memory transport between the ranks. Control: the
+    same without --join (a sandbox per rank) fails, the transport reading the wrong peer."""
+    r = run(["srun", "-n2", "--mpi=pmix", "sh", "-c", JOINED], bindir, program)
+    check_one_sandbox(r)
+    control = run(["srun", "-n2", "--mpi=pmix", "sh", "-c", SEPARATE], bindir, program)
+    assert control.returncode != 0, control.stdout + control.stderr
+
+
+@pytest.mark.needs_slurm
+def test_srun_ranks_see_each_other_and_their_exit_codes_pass(workdir: Path, bindir: Path) -> None:
+    """Each rank's `ps` shows the other's command (the join waits until all have arrived,
+    and each sleeps before looking); each rank's own exit status reaches srun."""
+    script = 'exec rbox run --join --net=none -- sh -c "sleep 0.3; ps -e -o args=; exit $((3 + SLURM_PROCID))"'
+    r = run(["srun", "-n2", "--kill-on-bad-exit=0", "-l", "sh", "-c", script], bindir, workdir)
+    assert r.returncode == 4, r.stdout + r.stderr        # srun: the highest of the tasks' codes
+    for rank in ("0", "1"):
+        seen = [line for line in r.stdout.splitlines() if line.startswith(f"{rank}: sh -c sleep 0.3")]
+        assert len(seen) == 2, r.stdout
+    assert "rbox:" not in r.stderr, r.stderr
+
+
+@pytest.mark.needs_mpi
+def test_mpirun_ranks_share_one_sandbox(program: Path, bindir: Path) -> None:
+    r = run(["mpirun", "-n", "2", "sh", "-c", JOINED.replace("--join", "--join-count 2")], bindir, program)
+    check_one_sandbox(r)
+
+
+def start_rank(tag: str, count: int, workdir: Path, bindir: Path, *options: str, wait: str = "2",
+               command: str = "true") -> subprocess.Popen[str]:
+    env = slurm_env(bindir, {"RBOX_JOIN_TIMEOUT": wait})
+    return subprocess.Popen(["rbox", "run", f"--join={tag}", "--join-count", str(count), "--net=none", *options,
+                             "--", "sh", "-c", command], env=env, cwd=workdir, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL)
+
+
+def arrived(tag: str) -> int:
+    try:
+        return (STATE / f"join.{tag}" / "arrived").stat().st_size
+    except OSError:
+        return 0
+
+
+def test_a_rank_killed_while_the_others_wait_fails_them_in_time(workdir: Path, bindir: Path) -> None:
+    """Three ranks expected; two arrive, one of them (the first, whose rbox started the
+    group) is killed by SIGKILL: the other says so within the bounded wait, and the
+    group's watcher, supervisor and sandbox all go."""
+    tag = f"killed-{os.getpid()}"
+    first = start_rank(tag, 3, workdir, bindir)
+    assert wait_until(lambda: arrived(tag) == 1, timeout=10)
+    second = start_rank(tag, 3, workdir, bindir)
+    assert wait_until(lambda: arrived(tag) == 2, timeout=10)
+    started = time.monotonic()
+    first.send_signal(signal.SIGKILL)
+    _, err = second.communicate(timeout=10)
+    first.communicate(timeout=5)
+    assert second.returncode == 125 and time.monotonic() - started < 5, err
+    assert f"rbox: error: only 2 of the 3 ranks of the join group `{tag}` arrived within 2 s" in err, err
+    assert "hint: a rank failed or was killed" in err and "Traceback" not in err, err
+    nothing_left(tag)
+
+
+def test_ranks_asking_for_different_sandboxes_are_refused(workdir: Path, bindir: Path) -> None:
+    """The second rank's --hostname differs: it is refused, naming the option, without
+    joining; the first, alone, fails at the end of its wait. Nothing is left."""
+    tag = f"differ-{os.getpid()}"
+    first = start_rank(tag, 2, workdir, bindir, "--hostname", "a")
+    assert wait_until(lambda: arrived(tag) == 1, timeout=10)
+    second = start_rank(tag, 2, workdir, bindir, "--hostname", "b")
+    _, err = second.communicate(timeout=10)
+    assert second.returncode == 125, err
+    assert f"rbox: error: this rank asks for another sandbox than the join group `{tag}`: --hostname differs" \
+        in err, err
+    assert arrived(tag) == 1
+    _, err = first.communicate(timeout=10)
+    assert first.returncode == 125 and "only 1 of the 2 ranks" in err, err
+    nothing_left(tag)
+
+
+def test_ranks_with_the_same_options_run_and_leave_nothing(workdir: Path, bindir: Path) -> None:
+    """Control for the two above: the same ranks, agreeing and all there, run in one
+    sandbox (one PID namespace), each with its exit status; then nothing is left."""
+    tag = f"agree-{os.getpid()}"
+    probe = 'readlink /proc/self/ns/pid; exit "$CODE"'
+    ranks_ = [start_rank(tag, 2, workdir, bindir, "--hostname", "a", "-e", f"CODE={code}", command=probe)
+              for code in (3, 5)]
+    results = [p.communicate(timeout=15) for p in ranks_]
+    assert [p.returncode for p in ranks_] == [3, 5], results
+    assert results[0][0] == results[1][0] and results[0][0].startswith("pid:["), results
+    nothing_left(tag)
