@@ -8,10 +8,12 @@ disagree), each checked to leave no process and no state behind.
 
 from __future__ import annotations
 
+import ast
 import os
 import signal
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -38,6 +40,20 @@ def nothing_left(marker: str) -> None:
     assert wait_until(lambda: not left_behind(marker), timeout=8), left_behind(marker)
 
 
+@pytest.fixture(autouse=True)
+def kill_what_a_failure_left() -> Iterator[None]:
+    """A failed test (or a mutant) may leave ranks, watchers and supervisors of its group
+    (every tag names this test process): they are killed, by pid, after the test."""
+    yield
+    tag = f"-{os.getpid()}"
+    for pid, cmd in live_processes().items():
+        if tag in cmd and ("--join" in cmd or "join." in cmd):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
 def check_one_sandbox(r: subprocess.CompletedProcess[str]) -> None:
     """Both ranks ran, their ping-pong came back intact, and they share the PID, IPC and
     network namespaces (PIDs of one namespace: two different small numbers)."""
@@ -62,15 +78,28 @@ def test_srun_ranks_share_one_sandbox_and_its_shared_memory(program: Path, bindi
     assert control.returncode != 0, control.stdout + control.stderr
 
 
+# Each rank marks its arrival in /dev/shm (the sandbox's, shared by the ranks), waits for the
+# other's mark, lists the processes, then waits until the other has listed them too.
+SEE_EACH_OTHER = r"""
+wait_for() { i=0; while [ "$(ls /dev/shm | grep -c "^$1")" -lt 2 ]; do
+  i=$((i + 1)); [ $i -gt 100 ] && { echo "timeout $1"; exit 99; }; sleep 0.05; done; }
+touch /dev/shm/in.$SLURM_PROCID; wait_for in.
+ps -e -o args=
+touch /dev/shm/seen.$SLURM_PROCID; wait_for seen.
+exit $((3 + SLURM_PROCID))
+"""
+
+
 @pytest.mark.needs_slurm
 def test_srun_ranks_see_each_other_and_their_exit_codes_pass(workdir: Path, bindir: Path) -> None:
-    """Each rank's `ps` shows the other's command (the join waits until all have arrived,
-    and each sleeps before looking); each rank's own exit status reaches srun."""
-    script = 'exec rbox run --join --net=none -- sh -c "sleep 0.3; ps -e -o args=; exit $((3 + SLURM_PROCID))"'
-    r = run(["srun", "-n2", "--kill-on-bad-exit=0", "-l", "sh", "-c", script], bindir, workdir)
+    """The ranks share /dev/shm, each rank's `ps` shows the other's command, and each
+    rank's own exit status reaches srun."""
+    (workdir / "ranks.sh").write_text(SEE_EACH_OTHER)
+    r = run(["srun", "-n2", "--kill-on-bad-exit=0", "-l", "rbox", "run", "--join", "--net=none", "--", "sh",
+             "ranks.sh"], bindir, workdir)
     assert r.returncode == 4, r.stdout + r.stderr        # srun: the highest of the tasks' codes
     for rank in ("0", "1"):
-        seen = [line for line in r.stdout.splitlines() if line.startswith(f"{rank}: sh -c sleep 0.3")]
+        seen = [line for line in r.stdout.splitlines() if line.startswith(f"{rank}: sh ranks.sh")]
         assert len(seen) == 2, r.stdout
     assert "rbox:" not in r.stderr, r.stderr
 
@@ -136,10 +165,38 @@ def test_ranks_with_the_same_options_run_and_leave_nothing(workdir: Path, bindir
     """Control for the two above: the same ranks, agreeing and all there, run in one
     sandbox (one PID namespace), each with its exit status; then nothing is left."""
     tag = f"agree-{os.getpid()}"
-    probe = 'readlink /proc/self/ns/pid; exit "$CODE"'
+    # The sandbox's own command (the group's waiter) is PID 2, in U2: each rank is in that
+    # user namespace too (the joiner entered it), not in U1, which owns the mounts.
+    probe = 'readlink /proc/self/ns/pid /proc/self/ns/user /proc/2/ns/user; exit "$CODE"'
     ranks_ = [start_rank(tag, 2, workdir, bindir, "--hostname", "a", "-e", f"CODE={code}", command=probe)
               for code in (3, 5)]
     results = [p.communicate(timeout=15) for p in ranks_]
     assert [p.returncode for p in ranks_] == [3, 5], results
     assert results[0][0] == results[1][0] and results[0][0].startswith("pid:["), results
+    _, user, waiters = results[0][0].split()
+    assert user == waiters and user.startswith("user:["), results
+    nothing_left(tag)
+
+
+def test_the_watcher_killed_ends_the_sandbox_and_the_ranks_say_so(workdir: Path, bindir: Path) -> None:
+    """The group's watcher (no rank) killed by SIGKILL: its supervisor dies by its death
+    signal, and the sandbox with it; the waiting rank says so at once; what is left on
+    disk goes with the next rbox start (as for any sandbox killed during setup)."""
+    tag = f"watcher-{os.getpid()}"
+    rank = start_rank(tag, 2, workdir, bindir, wait="20")
+    assert wait_until(lambda: (STATE / f"join.{tag}" / "ready").exists(), timeout=10)
+    record = ast.literal_eval((STATE / "named" / f"join.{tag}" / "record").read_text())
+    supervisor = int(record["supervisor"])
+    with open(f"/proc/{supervisor}/stat") as f:
+        watcher = int(f.read().rsplit(")", 1)[1].split()[1])
+    started = time.monotonic()
+    os.kill(watcher, signal.SIGKILL)
+    _, err = rank.communicate(timeout=10)
+    assert rank.returncode == 125 and time.monotonic() - started < 3, err
+    assert f"rbox: error: the sandbox of the join group `{tag}` has ended" in err, err
+    assert wait_until(lambda: not [cmd for cmd in live_processes().values() if tag in cmd], timeout=5), \
+        live_processes()
+    subprocess.run(["rbox", "ps"], env=slurm_env(bindir), cwd=workdir, capture_output=True, timeout=30)
+    subprocess.run(["rbox", "run", "--net=none", "--", "true"], env=slurm_env(bindir), cwd=workdir,
+                   capture_output=True, timeout=30)
     nothing_left(tag)
