@@ -20,7 +20,7 @@ import pytest
 
 from tests.integration.helpers import live_processes, wait_until
 from tests.slurm.jobs import run, slurm_env
-from tests.slurm.test_mpi import program, ranks  # noqa: F401 (program: the fixture)
+from tests.slurm.test_mpi import ranks
 
 pytestmark = [pytest.mark.needs_userns]
 
