@@ -112,6 +112,8 @@ def run(spec: Spec, values: dict[str, object], argv: list[str], command_args: li
     if spec.name is not None or spec.detach:
         raise SpecError("--join cannot be combined with --name or -d: the group's sandbox is named after its tag",
                         hint=HINT)
+    if spec.pass_fds:
+        raise SpecError("--pass-fd cannot be combined with --join", hint=HINT)
     given = values.get("join")
     count_given = values.get("join_count")
     tag, count = slurm.join_group(environ, given if isinstance(given, str) else None,
@@ -119,10 +121,12 @@ def run(spec: Spec, values: dict[str, object], argv: list[str], command_args: li
     name = f"join.{tag}"
     wait = timeout(environ)
     deadline = time.monotonic() + wait
-    if spec.dry_run:
-        from rootless import parent
+    from rootless import parent
 
+    if spec.dry_run:
         return parent.run(spec)
+    if spec.cwd_warning:
+        parent.warn_once_per_launch(spec.cwd_warning)     # the supervisor's goes to `errors`
     mine = shape(spec)
     mine[COUNT] = str(count)
     group_fd, members_fd = arrive(tag, count, mine, environ, argv, command_args, deadline)
@@ -246,7 +250,6 @@ def enter(spec: Spec, name: str, environ: dict[str, str]) -> int:
     _, fds, fields = join.namespaces(name, environ)
     try:
         spec.name = name
-        spec.pass_fds = []
         cgroup = fields.get("cgroup")
         if cgroup is not None:
             join.prepare_cgroup()
