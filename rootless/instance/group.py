@@ -145,6 +145,7 @@ def arrive(tag: str, count: int, mine: dict[str, str], environ: dict[str, str], 
     base = state.base_path(environ)
     base_fd = state._open_base(base)
     try:
+        state._sweep(base_fd)        # a group whose watcher was killed: its directory, unlocked, goes
         group_fd = create_or_open(base_fd, f"join.{tag}", tag, mine, environ, argv, command_args, deadline)
     finally:
         os.close(base_fd)
