@@ -104,6 +104,22 @@ def test_srun_ranks_see_each_other_and_their_exit_codes_pass(workdir: Path, bind
     assert "rbox:" not in r.stderr, r.stderr
 
 
+@pytest.mark.needs_slurm
+def test_two_jobs_of_one_user_never_share_a_sandbox(workdir: Path, bindir: Path) -> None:
+    """Two jobs at once on the one node, two ranks each: one sandbox per job (the tag is
+    the job's and step's id), both ranks of a job in it."""
+    argv = ["srun", "-n2", "rbox", "run", "--join", "--net=none", "--", "sh", "-c",
+            "readlink /proc/self/ns/pid; sleep 0.5"]
+    jobs = [subprocess.Popen(argv, env=slurm_env(bindir), cwd=workdir, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, stdin=subprocess.DEVNULL) for _ in range(2)]
+    results = [job.communicate(timeout=60) for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0], results
+    namespaces = [set(out.split()) for out, _ in results]
+    assert all(len(ns) == 1 and len(out.split()) == 2 for ns, (out, _) in zip(namespaces, results, strict=True)), \
+        results
+    assert namespaces[0] != namespaces[1], results
+
+
 @pytest.mark.needs_mpi
 def test_mpirun_ranks_share_one_sandbox(program: Path, bindir: Path) -> None:
     r = run(["mpirun", "-n", "2", "sh", "-c", JOINED.replace("--join", "--join-count 2")], bindir, program)
