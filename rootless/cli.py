@@ -139,6 +139,10 @@ def _main(argv: list[str]) -> int:
 
         the_spec.limits = config.apply_ceilings(the_spec.limits, ceilings)  # type: ignore[assignment]
     fds.seal(the_spec.pass_fds)
+    if parsed.values.get("join") is not None or parsed.values.get("join_count") is not None:
+        from rootless.instance import group
+
+        return group.run(the_spec, parsed.values, argv, parsed.args, environ)
     if the_spec.name is not None:
         from rootless.instance import supervisor
 

@@ -24,7 +24,7 @@ class Opt:
 
     @property
     def takes_value(self) -> bool:
-        return self.kind != "flag"
+        return self.kind not in ("flag", "optional")
 
 
 # kind: flag (True when given), value (last one wins), append (every one, in order, kept
@@ -113,6 +113,10 @@ RUN_OPTIONS = (
         "goes to `rbox logs`"),
     Opt(("--name",), "name", "name the sandbox, so that `rbox exec`, `ps`, `stop`, `stats` and `logs` find it",
         metavar="NAME", kind="value"),
+    Opt(("--join",), "join", "`--join[=TAG]`: the ranks of one Slurm step or mpirun launch on this node share one "
+        "sandbox (TAG: $SLURM_JOB_ID.$SLURM_STEP_ID)", kind="optional"),
+    Opt(("--join-count",), "join_count", "with --join: the number of ranks on this node (outside Slurm and "
+        "Open MPI's mpirun); implies --join", metavar="N", kind="value"),
 ) + SANDBOX_OPTIONS
 
 _HELP = Opt(("-h", "--help"), "help", "show this help and exit")
@@ -248,7 +252,7 @@ def _parse_options(argv: list[str], table: tuple[Opt, ...], values: dict[str, ob
                 raise SpecError(f"option `{name}` needs a value ({opt.metavar})",
                                 hint=f"write `{name} {opt.metavar}`; see `{where} --help`")
             value = argv[i]
-        elif not opt.takes_value and value is not None:
+        elif not opt.takes_value and value is not None and opt.kind != "optional":
             raise SpecError(f"option `{name}` takes no value",
                             hint=f"write `{name}` alone, without `={value}`")
         _store(opt, name, value, values)
@@ -272,6 +276,8 @@ def _store(opt: Opt, name: str, value: str | None, values: dict[str, object]) ->
         raise SpecError(f"invalid value `{value}` for `{name}`", hint="choose one of: " + ", ".join(opt.choices))
     if opt.kind == "flag":
         values[opt.dest] = True
+    elif opt.kind == "optional":         # `--join` or `--join=TAG`
+        values[opt.dest] = value if value is not None else True
     elif opt.kind == "value":
         values[opt.dest] = value
     else:

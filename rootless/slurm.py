@@ -222,3 +222,65 @@ def oom_kills(counter: str) -> int | None:
     except OSError:
         pass
     return None
+
+
+# --- --join: the group of ranks on this node ----------------------------------------------
+
+def tasks_on_node(compressed: str, node: int) -> int | None:
+    """The number of tasks on node `node` (0-based) from Slurm's compressed list, such as
+    SLURM_STEP_TASKS_PER_NODE=`2(x3),1` (nodes 0-2 run 2 tasks, node 3 one); None when the
+    list is malformed or shorter (pure)."""
+    if node < 0:
+        return None
+    for item in compressed.split(","):
+        count, _, repeat = item.strip().partition("(")
+        times = 1
+        if repeat:
+            if not (repeat.startswith("x") and repeat.endswith(")") and repeat[1:-1].isdigit()):
+                return None
+            times = int(repeat[1:-1])
+        if not count.isdigit() or times < 1:
+            return None
+        if node < times:
+            return int(count)
+        node -= times
+    return None
+
+
+def join_group(environ: Mapping[str, str], tag: str | None, count: str | None) -> tuple[str, int]:
+    """(TAG, the number of ranks on this node) for `--join[=TAG]` / `--join-count N` (pure):
+    mpirun's (Open MPI: its job id, OMPI_COMM_WORLD_LOCAL_SIZE), else Slurm's step
+    (SLURM_JOB_ID.SLURM_STEP_ID, SLURM_STEP_TASKS_PER_NODE at SLURM_NODEID); what is given
+    wins. SpecError when either is unknown."""
+    from rootless.errors import SpecError
+
+    hint = "see rbox(1), SLURM AND MPI"
+    ompi = environ.get("OMPI_MCA_ess_base_jobid")
+    job = environ.get("SLURM_JOB_ID") or environ.get("SLURM_JOBID")
+    step = environ.get("SLURM_STEP_ID") or environ.get("SLURM_STEPID")
+    if not tag:
+        if ompi:
+            tag = f"ompi.{ompi}"
+        elif job and step:
+            tag = f"{job}.{step}"
+        else:
+            raise SpecError("--join needs a TAG outside a Slurm step or an mpirun launch",
+                            hint=f"give every rank the same one: --join=TAG; {hint}")
+    if not (0 < len(tag) <= 58) or not set(tag) <= TAG_CHARS or tag[0] in "-.":
+        raise SpecError(f"invalid --join tag `{tag}`",
+                        hint="use up to 58 letters, digits, `-`, `_` and `.`, not starting with `-` or `.`")
+    if count is None:
+        if ompi and environ.get("OMPI_COMM_WORLD_LOCAL_SIZE", "").isdigit():
+            count = environ["OMPI_COMM_WORLD_LOCAL_SIZE"]
+        elif job and step and environ.get("SLURM_NODEID", "").isdigit():
+            found = tasks_on_node(environ.get("SLURM_STEP_TASKS_PER_NODE", ""), int(environ["SLURM_NODEID"]))
+            count = None if found is None else str(found)
+        if count is None:
+            raise SpecError("--join cannot tell how many ranks run on this node",
+                            hint=f"outside a Slurm step or an Open MPI launch give it: --join-count N; {hint}")
+    if not count.isdigit() or not 0 < int(count) <= 4096:
+        raise SpecError(f"invalid --join-count `{count}`", hint="a number of ranks on this node, 1 to 4096")
+    return tag, int(count)
+
+
+TAG_CHARS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.")

@@ -222,6 +222,10 @@ CASES: dict[str, tuple[list[str], Callable[..., None] | None, Callable[..., None
     "./mpi_hello'": (["needs_slurm", "needs_mpi"], make_mpi, check_mpi),
     "OMPI_MCA_btl=self,tcp mpirun -n 2 sh -c 'exec rbox run --net=host --bind $PMIX_SERVER_TMPDIR -- ./mpi_hello'":
         (["needs_mpi"], make_mpi, check_mpi),
+    "srun -n2 --mpi=pmix sh -c 'exec rbox run --join --net=host --bind $PMIX_SERVER_TMPDIR -- ./mpi_hello'":
+        (["needs_slurm", "needs_mpi"], make_mpi, check_mpi),
+    "mpirun -n 2 sh -c 'exec rbox run --join --net=host --bind $PMIX_SERVER_TMPDIR -- ./mpi_hello'":
+        (["needs_mpi"], make_mpi, check_mpi),
 }
 PUBLISHED = "rbox run -p 8888:8888 -- jupyter lab --ip=0.0.0.0"
 

@@ -48,6 +48,7 @@ SEC = "tests/security/"
 DAILY = "tests/integration/test_daily.py::"
 TDAILY = "tests/integration/test_terminal_daily.py::"
 SLURM = "tests/slurm/test_jobs.py::"
+JOIN = "tests/slurm/test_join.py::"
 UNPACK = "tests/unit/test_unpack.py::test_attack_stays_inside"
 EXEC = "tests/integration/test_exec.py::"
 SEC_EXEC = SEC + "test_exec.py::"
@@ -570,4 +571,21 @@ MUTATIONS = [
       "rootless/overlay.py", "    if os.path.isdir(full) and os.stat(full).st_uid != os.getuid():",
       "    if False:",
       "tests/integration/test_overlay.py::test_persist_dir_of_another_user_is_refused"),
+    # --- --join (instance/group.py): one sandbox per step and node, entered as exec enters
+    M("a rank that asks for other mounts, network or image joins the group's sandbox anyway",
+      "rootless/instance/group.py", "            if different is not None:\n", "            if False:\n",
+      JOIN + "test_ranks_asking_for_different_sandboxes_are_refused"),
+    M("a --join rank stays in U1, which owns every mount: none is locked for it",
+      "rootless/instance/join.py", '    sc.setns(ns["user2"], sc.CLONE_NEWUSER)\n', "",
+      JOIN + "test_ranks_with_the_same_options_run_and_leave_nothing"),
+    M("a rank killed before the others arrive leaves them waiting for ever",
+      "rootless/instance/group.py", "        if time.monotonic() > deadline:\n            if arrived < count:",
+      "        if False:\n            if arrived < count:",
+      JOIN + "test_a_rank_killed_while_the_others_wait_fails_them_in_time"),
+    M("ranks hold no lock while they run: the sandbox ends under them once all have arrived",
+      "rootless/instance/group.py", "            fcntl.flock(members_fd, fcntl.LOCK_SH)\n", "",
+      JOIN + "test_srun_ranks_see_each_other_and_their_exit_codes_pass"),
+    M("the group's supervisor outlives its killed watcher: the sandbox is left running",
+      "rootless/instance/group.py", "            sc.set_pdeathsig(signal.SIGKILL)\n", "",
+      JOIN + "test_the_watcher_killed_ends_the_sandbox_and_the_ranks_say_so"),
 ]

@@ -12,6 +12,8 @@ import pytest
 
 from tests.slurm.jobs import shim_dir, slurm_env, wait_for_jobs_to_leave
 
+SOURCE = Path(__file__).with_name("mpi_hello.c")
+
 
 @pytest.fixture(scope="session")
 def bindir(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -37,3 +39,15 @@ def no_job_left(bindir: Path):
     yield
     if shutil.which("scancel"):
         subprocess.run(["scancel", "--me", "--quiet"], env=slurm_env(bindir), capture_output=True, timeout=30)
+
+
+@pytest.fixture(scope="session")
+def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """mpi_hello, built in a project directory of its own (the ranks' working directory)."""
+    d = tmp_path_factory.mktemp("mpi") / "project"
+    d.mkdir()
+    shutil.copy(SOURCE, d / "mpi_hello.c")
+    r = subprocess.run(["mpicc", "-O2", "-o", "mpi_hello", "mpi_hello.c"], cwd=d, capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    return d

@@ -18,7 +18,6 @@ cluster and by `mpirun`, each rank in a sandbox of its own. What Open MPI needs 
 from __future__ import annotations
 
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -28,22 +27,9 @@ from tests.slurm.jobs import run
 
 pytestmark = [pytest.mark.needs_userns, pytest.mark.needs_mpi]
 
-SOURCE = Path(__file__).with_name("mpi_hello.c")
 RANK = re.compile(r"^rank (\d+) of (\d+) pid (\d+) pidns (\d+) ipcns (\d+) netns (\d+) pingpong (\w+) rtt ([\d.]+) us$")
 IN_SANDBOX = 'exec rbox run --net=host --bind "$PMIX_SERVER_TMPDIR" -- ./mpi_hello'
 TCP_ONLY = {"OMPI_MCA_btl": "self,tcp"}
-
-
-@pytest.fixture(scope="module")
-def program(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """mpi_hello, built in a project directory of its own (the ranks' working directory)."""
-    d = tmp_path_factory.mktemp("mpi") / "project"
-    d.mkdir()
-    shutil.copy(SOURCE, d / "mpi_hello.c")
-    r = subprocess.run(["mpicc", "-O2", "-o", "mpi_hello", "mpi_hello.c"], cwd=d, capture_output=True, text=True,
-                       timeout=120)
-    assert r.returncode == 0, r.stderr
-    return d
 
 
 def ranks(stdout: str) -> list[re.Match[str]]:
