@@ -159,7 +159,8 @@ def _image_root(v: dict[str, object], environ: dict[str, str], cwd: str
     if rootfs is not None and image is not None:
         raise SpecError("--rootfs and --image exclude each other", hint="give one of them")
     if image is not None and _names_a_file(str(image), cwd):
-        return _squashfs_file(str(image), cwd), True, {}
+        path = _squashfs_file(str(image), cwd)
+        return path, True, _sqfs_config(path, str(image))
     if image is not None:
         from rootless.image import store
 
@@ -194,6 +195,20 @@ def _image_meta(the_store: Store, name: str) -> dict[str, object]:
 
 
 SQUASHFS_SUFFIXES = (".sqfs", ".squashfs")
+
+
+def _sqfs_config(path: str, given: str) -> dict[str, object]:
+    """The config `rbox image export` put in the file (/.rbox/image.json: Env, Entrypoint,
+    Cmd, WorkingDir, User), read by rbox's own reader without mounting it; {} for a
+    SquashFS file without one (made by mksquashfs)."""
+    from rootless.image import squash
+    from rootless.image.unpack import UnpackError
+
+    try:
+        return squash.read_sqfs_config(path)
+    except (UnpackError, OSError) as e:
+        raise SpecError(f"--image `{given}`: {e}", hint="the file is damaged, or not one this rbox can read; "
+                        "`rbox image export` makes one") from None
 
 
 def _names_a_file(image: str, cwd: str) -> bool:

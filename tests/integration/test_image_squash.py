@@ -300,3 +300,32 @@ def test_single_id_export_and_import(tmp_path: Path, env: dict[str, str]) -> Non
     found = listing(tmp_path / "out.sqfs")
     assert {owners for _, owners in found.values()} == {"0/0"}
     assert found["bin/su"][0] == "-rwxr-xr-x" and "null" not in found
+
+
+@pytest.mark.needs_squashfuse
+def test_run_a_squashfs_file_applies_its_config(tmp_path: Path) -> None:
+    """`rbox run --image FILE.sqfs` with no command runs what the file's /.rbox/image.json
+    (as `rbox image export` writes it) says, with its Env and WorkingDir; `-e` wins. A
+    damaged config is an error, not a silent run."""
+    src = tmp_path / "src"
+    (src / "bin").mkdir(parents=True)
+    (src / "bin/busybox").write_bytes(Path("/bin/busybox").read_bytes())
+    (src / "bin/busybox").chmod(0o755)
+    for applet in ("sh", "echo", "pwd"):
+        os.symlink("busybox", src / "bin" / applet)
+    (src / "work").mkdir()
+    (src / ".rbox").mkdir()
+    config = {"Env": ["PATH=/bin", "FROM_IMAGE=yes"], "Entrypoint": ["/bin/sh", "-c"],
+              "Cmd": ["echo $FROM_IMAGE; pwd"], "WorkingDir": "/work"}
+    (src / ".rbox/image.json").write_text(json.dumps({"format": 1, "config": config}))
+    sqfs = tmp_path / "cfg.sqfs"
+    subprocess.run(["mksquashfs", str(src), str(sqfs), "-quiet", "-no-progress"], check=True, capture_output=True)
+    r = run_rbox("run", "--image", str(sqfs), cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, "yes\n/work\n"), r.stderr
+    r = run_rbox("run", "-e", "FROM_IMAGE=mine", "--image", str(sqfs), cwd=tmp_path)
+    assert (r.returncode, r.stdout) == (0, "mine\n/work\n"), r.stderr
+    (src / ".rbox/image.json").write_text('{"format": 1, "config": {"Cmd": "not a list"}}')
+    subprocess.run(["mksquashfs", str(src), str(sqfs), "-quiet", "-no-progress", "-noappend"], check=True,
+                   capture_output=True)
+    r = run_rbox("run", "--image", str(sqfs), cwd=tmp_path)
+    assert r.returncode == 125 and "`Cmd` must be a list of strings" in r.stderr and "hint:" in r.stderr, r.stderr

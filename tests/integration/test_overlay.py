@@ -156,10 +156,10 @@ def test_overlay_option_errors(tree: Path, tmp_path: Path, args: list[str], mess
 
 @pytest.mark.parametrize(("image", "driver", "missing"), [("tree", "fuse", "fuse-overlayfs"),
                                                          ("sqfs", "kernel", "squashfuse")])
-def test_a_missing_fuse_program_is_named(image: str, driver: str, missing: str, tree: Path, tmp_path: Path) -> None:
+def test_a_missing_fuse_program_is_named(image: str, driver: str, missing: str, tree: Path, tmp_path: Path,
+                                        request: pytest.FixtureRequest) -> None:
     (tmp_path / "bin").mkdir()
-    option = ["--rootfs", str(tree)] if image == "tree" else ["--image", str(tmp_path / "x.sqfs")]
-    (tmp_path / "x.sqfs").write_bytes(b"hsqs")
+    option = ["--rootfs", str(tree)] if image == "tree" else ["--image", str(request.getfixturevalue("sqfs"))]
     r = run_rbox("run", "--net=none", *option, "--", "true", cwd=tmp_path,
                  env={"PATH": str(tmp_path / "bin"), "RBOX_OVERLAY": driver})
     assert r.returncode == 125
@@ -248,12 +248,11 @@ def test_check_names_the_overlay_driver() -> None:
 @pytest.mark.parametrize("driver", DRIVERS)
 @pytest.mark.needs_squashfuse
 def test_a_damaged_squashfs_file_is_reported_not_waited_on(driver: str, tmp_path: Path) -> None:
-    """squashfuse refuses the file and exits: its words come as a warning, the mount's
-    failure as the error (exit 125), at once (no daemon is left holding the mount)."""
+    """rbox reads the file's superblock (and its config) itself before anything starts:
+    a damaged file is an error at once (exit 125), never a daemon left waiting."""
     damaged = tmp_path / "damaged.sqfs"
     damaged.write_bytes(b"hsqs" + b"0" * 500)
     r = run_rbox("run", "--image", str(damaged), "--", "/bin/sh", "-c", "true", cwd=tmp_path,
                  env={"RBOX_OVERLAY": driver}, timeout=20)
     assert r.returncode == 125, r.stderr
-    assert "rbox: warning: squashfuse for the image ended (exit status 255): Squashfs version" in r.stderr
-    assert "did not start: Transport endpoint is not connected\nhint: " in r.stderr
+    assert f"rbox: error: --image `{damaged}`: SquashFS version" in r.stderr and "\nhint: " in r.stderr
