@@ -40,6 +40,15 @@ class Terminal:
         self._tmux("send-keys", "-t", "t", "-l", text)
         self.send("Enter")
 
+    def wait_idle(self, timeout: float = 20.0) -> None:
+        """Until the outer shell has no child left (rbox has exited). Keys typed while a
+        pty relay is still running go into its pty and are gone when the inner program
+        has ended (as with ssh or script(1)); the next line must wait for this."""
+        from tests.integration.helpers import children, wait_until
+
+        if not wait_until(lambda: not children(self.shell_pid), timeout=timeout):
+            raise AssertionError(f"the outer shell still has {children(self.shell_pid)}; screen:\n{self.screen()}")
+
     def screen(self) -> str:
         return self._tmux("capture-pane", "-t", "t", "-p", "-S", "-200")
 

@@ -142,6 +142,7 @@ def test_exec_with_a_pseudo_terminal_in_tmux(box: Box, term) -> None:
     term.line("echo after-$((2+3))")
     term.wait_for(r"^after-5$")
     term.line("exit 7")
+    term.wait_idle()                   # rbox has exited: keys typed now reach the outer shell
     term.line(STATUS)
     assert term.wait_for(r"rc=(\d+)$").group(1) == "7"
 

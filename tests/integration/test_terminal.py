@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.integration.helpers import RBOX
+from tests.integration.helpers import RBOX, live_processes, wait_until
 from tests.integration.terminal import Terminal
 
 pytestmark = [pytest.mark.needs_userns, pytest.mark.needs_tmux]
@@ -51,6 +51,9 @@ def test_job_control_inside_an_interactive_shell(term) -> None:
     term.line("PS1='inner> '; echo in''side")
     term.wait_for(r"^inside$")
     term.line("sleep 100")
+    term.wait_for(r"^inner> sleep 100$")
+    # Ctrl-Z once sleep runs: one typed while the inner bash still reads its line stops nothing.
+    assert wait_until(lambda: any(cmd.strip() == "sleep 100" for cmd in live_processes().values()), timeout=20)
     term.send("C-z")
     term.wait_for(r"Stopped\s+sleep 100")
     term.line("fg")
@@ -59,6 +62,7 @@ def test_job_control_inside_an_interactive_shell(term) -> None:
     term.line("echo survived $((6*7))")
     term.wait_for(r"^survived 42$")
     term.line("exit 3")
+    term.wait_idle()                   # rbox has exited: keys typed now reach the outer shell
     term.line(STATUS)
     assert term.wait_for(r"rc=(\d+)$").group(1) == "3"
 
@@ -100,6 +104,7 @@ def test_ctrl_c_stops_the_foreground_job_and_the_shell_survives(shell) -> None:
 def test_exit_status_and_terminal_settings_come_back(shell) -> None:
     term, before = shell
     term.line("exit 3")
+    term.wait_idle()                   # rbox has exited: keys typed now reach the outer shell
     term.line(STATUS)
     assert term.wait_for(r"^rc=(\d+)$").group(1) == "3"
     assert term.stty() == before

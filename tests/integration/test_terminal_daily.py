@@ -86,7 +86,8 @@ def _stop_and_resume(term, start: str, ready: str) -> None:
 def test_ctrl_z_stops_sleep_and_fg_resumes_it(term, tmp_path) -> None:
     # sleep run directly leaves SIGTSTP at its default: the terminal's Ctrl-Z stops it.
     # (sh execs it: the command's process is sleep itself once `zzz` is printed)
-    _stop_and_resume(term, f"{RBOX_CMD} run -- sh -c 'echo zz''z; exec sleep 1.5'", r"^zzz$")
+    # 4 s: Ctrl-Z must land while it sleeps, even on a loaded machine.
+    _stop_and_resume(term, f"{RBOX_CMD} run -- sh -c 'echo zz''z; exec sleep 4'", r"^zzz$")
     term.wait_for(r"^outer\$$", timeout=30)     # the job is done: a bare prompt
     term.line(STATUS)
     assert term.wait_for(r"^rc=(\d+)$", timeout=30).group(1) == "0"

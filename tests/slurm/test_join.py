@@ -83,8 +83,9 @@ def test_srun_ranks_share_one_sandbox_and_its_shared_memory(program: Path, bindi
 SEE_EACH_OTHER = r"""
 wait_for() { i=0; while [ "$(ls /dev/shm | grep -c "^$1")" -lt 2 ]; do
   i=$((i + 1)); [ $i -gt 100 ] && { echo "timeout $1"; exit 99; }; sleep 0.05; done; }
-touch /dev/shm/in.$SLURM_PROCID; wait_for in.
-ps -e -o args=
+echo $$ > /dev/shm/in.$SLURM_PROCID.tmp; mv /dev/shm/in.$SLURM_PROCID.tmp /dev/shm/in.$SLURM_PROCID; wait_for in.
+other=$(cat /dev/shm/in.$((1 - SLURM_PROCID)))
+ps -e -o pid=,args= | awk -v p="$other" '$1 == p && $2 == "sh" && $3 == "ranks.sh" { print "sees-other" }'
 touch /dev/shm/seen.$SLURM_PROCID; wait_for seen.
 exit $((3 + SLURM_PROCID))
 """
@@ -99,8 +100,9 @@ def test_srun_ranks_see_each_other_and_their_exit_codes_pass(workdir: Path, bind
              "ranks.sh"], bindir, workdir)
     assert r.returncode == 4, r.stdout + r.stderr        # srun: the highest of the tasks' codes
     for rank in ("0", "1"):
-        seen = [line for line in r.stdout.splitlines() if line.startswith(f"{rank}: sh ranks.sh")]
-        assert len(seen) == 2, r.stdout
+        # The other rank's shell, by the pid it wrote itself (a number in this one PID
+        # namespace), is in this rank's `ps`.
+        assert f"{rank}: sees-other" in r.stdout.splitlines(), r.stdout
     assert "rbox:" not in r.stderr, r.stderr
 
 
