@@ -101,7 +101,10 @@ def test_exec_stats_and_stop_go_through_the_sandboxs_cgroup(box: Box) -> None:
             assert (stats["memory_limit"], stats["pids_limit"]) == (200 * MiB, 64), stats
             assert 120 * MiB <= stats["memory"] < 200 * MiB, stats
             assert 4 <= stats["pids"] < 64, stats
-            assert stats["block_read"] is not None and stats["block_write"] is not None, stats
+            # Block I/O where the io controller is delegated (not by systemd < 252: bullseye).
+            io = "io" in (manager_tree() / "cgroup.controllers").read_text().split()
+            print(f"io controller delegated: {io}")
+            assert (stats["block_read"] is not None, stats["block_write"] is not None) == (io, io), stats
             # One CPU on the VM's two, less when the host is loaded: against what the
             # cgroup counted over the same time (independently read), and about one.
             assert 0.6 <= stats["cpus"] <= 1.3 and abs(stats["cpus"] - measured) < 0.3, (stats, measured)
@@ -115,7 +118,7 @@ def test_exec_stats_and_stop_go_through_the_sandboxs_cgroup(box: Box) -> None:
         # stop: everything in the cgroup dies, even a process outside the sandbox's PID
         # namespace that would not end by itself (the joiner, stopped: only SIGKILL ends it),
         # then the cgroup goes. On Linux >= 5.14 one write to cgroup.kill does it.
-        joiner = min(joined)
+        (joiner,) = [p for p in joined if ppid(p) == sleeper.pid]
         os.kill(joiner, signal.SIGSTOP)
         has_kill = (payload / "cgroup.kill").exists()
         print(f"cgroup.kill: {'yes' if has_kill else 'no (kernel < 5.14): each listed process is killed'}")
