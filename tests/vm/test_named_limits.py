@@ -131,8 +131,7 @@ def test_exec_stats_and_stop_go_through_the_sandboxs_cgroup(box: Box) -> None:
         print(f"cgroup.kill: {'yes' if has_kill else 'no (kernel < 5.14): each listed process is killed'}")
         r = box.rbox("stop", "-t", "2", "lim", timeout=120)
         assert (r.returncode, r.stdout) == (0, "lim\n"), r.stderr
-        sleeper.communicate(timeout=60)
-        assert sleeper.returncode != 0
+        assert sleeper.wait(timeout=60) != 0
         assert wait_until(lambda: not payload.exists() and not payload.parent.exists(), timeout=30), \
             list(payload.parent.iterdir()) if payload.parent.exists() else None
         assert not os.path.exists(f"/proc/{joiner}") and not os.path.exists(f"/proc/{pid1}")
