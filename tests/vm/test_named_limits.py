@@ -108,7 +108,7 @@ def test_exec_stats_and_stop_go_through_the_sandboxs_cgroup(box: Box) -> None:
             assert (stats["memory_limit"], stats["pids_limit"]) == (200 * MiB, 64), stats
             assert 120 * MiB <= stats["memory"] < 200 * MiB, stats
             assert 4 <= stats["pids"] < 64, stats
-            # Block I/O where the io controller is delegated (not by systemd < 252: bullseye).
+            # Block I/O where the io controller is delegated (delegate.conf; not everywhere).
             io = "io" in (manager_tree() / "cgroup.controllers").read_text().split()
             print(f"io controller delegated: {io}")
             assert (stats["block_read"] is not None, stats["block_write"] is not None) == (io, io), stats
