@@ -356,6 +356,13 @@ class Subtree:
         # the scope can enable controllers for its children.
         self._write(f"{self.supervisor}/cgroup.procs", str(os.getpid()))
         self._write(f"{self.base}/cgroup.subtree_control", " ".join(f"+{c}" for c in limits.controllers()))
+        # io.stat (block I/O for `rbox stats`) exists only where the io controller is
+        # enabled: on too when delegated, though no limit needs it (never an error).
+        try:
+            if "io" not in limits.controllers() and "io" in read(f"{self.base}/cgroup.controllers").split():
+                self._write(f"{self.base}/cgroup.subtree_control", "+io")
+        except (OSError, CgroupError) as e:
+            log.step(f"io accounting: {e}")
         for name, value in limits.writes():
             self._write(f"{self.payload}/{name}", value)
 

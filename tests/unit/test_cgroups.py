@@ -85,6 +85,7 @@ def test_setup_writes_in_order_and_cleanup_kills_then_removes(fs, monkeypatch) -
     base = "/sys/fs/cgroup/scope"
     fs.create_dir(base)
     fs.create_file(f"{base}/cgroup.subtree_control")
+    fs.create_file(f"{base}/cgroup.controllers", contents="cpu io memory pids\n")
     written: list[tuple[str, str]] = []
     real_write = cg.Subtree._write
 
@@ -100,7 +101,8 @@ def test_setup_writes_in_order_and_cleanup_kills_then_removes(fs, monkeypatch) -
     import os
 
     assert written == [("supervisor/cgroup.procs", str(os.getpid())), ("cgroup.subtree_control", "+memory +pids"),
-                       ("payload/memory.max", str(64 << 20)), ("payload/pids.max", "64"),
+                       ("cgroup.subtree_control", "+io"), ("payload/memory.max", str(64 << 20)),
+                       ("payload/pids.max", "64"),
                        ("payload/cgroup.procs", "4242")]
     fs.create_file(f"{base}/payload/cgroup.kill")
     fs.create_file(f"{base}/payload/cgroup.procs", contents="")
