@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,16 @@ class Box:
 
     def entries(self) -> list[str]:
         return sorted(p.name for p in self.named.iterdir()) if self.named.exists() else []
+
+    def stop_seeing_the_trap(self, name: str) -> None:
+        """`rbox stop`: SIGTERM reaches the command's TERM trap (which writes `term`), well
+        within the grace time, and nothing of the sandbox is left."""
+        began = time.monotonic()
+        r = self.rbox("stop", "-t", "20", name)
+        assert (r.returncode, r.stdout) == (0, f"{name}\n"), r.stderr
+        assert (self.work / "term").read_text() == "trapped\n"
+        assert time.monotonic() - began < 10
+        assert self.ps("-a") == [] and self.entries() == []
 
 
 def stop_all_and_check(box: Box, before: Snapshot) -> None:

@@ -56,13 +56,7 @@ def test_lifecycle_start_list_exec_stop(box: Box) -> None:
     assert lines[2] == lines[3] == "10.0.2.100"
     assert lines[4] == "['sh', '-c']" and lines[5] == "[1, 2]"
     assert lines[6] == repr(list(NS))             # every namespace is the command's own
-    # stop: SIGTERM reaches the command's trap, well within the grace time.
-    began = time.monotonic()
-    r = box.rbox("stop", "-t", "20", "life")
-    assert (r.returncode, r.stdout) == (0, "life\n"), r.stderr
-    assert (box.work / "term").read_text() == "trapped\n"
-    assert time.monotonic() - began < 10
-    assert box.ps("-a") == [] and box.entries() == []
+    box.stop_seeing_the_trap("life")
 
 
 def test_a_foreground_named_sandbox_can_be_joined(box: Box) -> None:

@@ -29,13 +29,7 @@ def test_start_list_stop_with_a_trap(box: Box) -> None:
     assert isinstance(row["pid"], int) and os.path.exists(f"/proc/{row['pid']}")
     assert row["command"] == ["sh", "-c", script]
     assert wait_until(lambda: box.rbox("logs", "life").stdout == "started\n")
-    # stop: SIGTERM reaches the command's trap, well within the grace time.
-    began = time.monotonic()
-    r = box.rbox("stop", "-t", "20", "life")
-    assert (r.returncode, r.stdout) == (0, "life\n"), r.stderr
-    assert (box.work / "term").read_text() == "trapped\n"
-    assert time.monotonic() - began < 10
-    assert box.ps("-a") == [] and box.entries() == []
+    box.stop_seeing_the_trap("life")
 
 
 def test_a_foreground_named_sandbox_is_listed_and_stopped(box: Box) -> None:
