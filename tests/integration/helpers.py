@@ -152,3 +152,24 @@ def kill_all(pids: set[int]) -> None:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
                 pass
+
+
+def busybox_rootfs(root: Path, applets: tuple[str, ...]) -> Path:
+    """A small userland at `root` for the image tests: Debian's busybox-static with
+    `applets` linked in /bin, an os-release of its own, root's passwd and group entries,
+    and empty /home and /work."""
+    import shutil
+
+    busybox = "/bin/busybox"
+    assert os.path.exists(busybox), "the image tests need busybox-static (apt-get install busybox-static)"
+    (root / "bin").mkdir(parents=True)
+    shutil.copy(busybox, root / "bin/busybox")
+    for applet in applets:
+        os.symlink("busybox", root / "bin" / applet)
+    (root / "etc").mkdir()
+    (root / "etc/os-release").write_text("ID=rbox-busybox\n")
+    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "etc/group").write_text("root:x:0:\n")
+    for name in ("home", "work"):
+        (root / name).mkdir()
+    return root

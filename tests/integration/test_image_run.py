@@ -14,35 +14,21 @@ import io
 import json
 import os
 import pwd
-import shutil
 import tarfile
 from pathlib import Path
 
 import pytest
 
-from tests.integration.helpers import run_rbox
+from tests.integration.helpers import busybox_rootfs, run_rbox
 
 pytestmark = pytest.mark.needs_userns
 
-BUSYBOX = "/bin/busybox"
 APPLETS = ("sh", "cat", "id", "whoami", "ls", "touch", "pwd", "env", "echo", "stat", "hostname", "mount")
 
 
 @pytest.fixture(scope="module")
 def tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    assert os.path.exists(BUSYBOX), "the image tests need busybox-static (apt-get install busybox-static)"
-    root = tmp_path_factory.mktemp("image") / "rootfs"
-    (root / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, root / "bin/busybox")
-    for applet in APPLETS:
-        os.symlink("busybox", root / "bin" / applet)
-    (root / "etc").mkdir()
-    (root / "etc/os-release").write_text("ID=rbox-busybox\n")
-    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    (root / "etc/group").write_text("root:x:0:\n")
-    (root / "home").mkdir()
-    (root / "work").mkdir()
-    return root
+    return busybox_rootfs(tmp_path_factory.mktemp("image") / "rootfs", APPLETS)
 
 
 def inside(tree: Path, script: str, *options: str, cwd: Path | None = None,

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import pwd
-import shutil
 import stat
 import subprocess
 from pathlib import Path
@@ -21,11 +20,10 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import probe
-from tests.integration.helpers import live_processes, run_rbox, wait_until
+from tests.integration.helpers import busybox_rootfs, live_processes, run_rbox, wait_until
 
 pytestmark = pytest.mark.needs_userns
 
-BUSYBOX = "/bin/busybox"
 APPLETS = ("sh", "cat", "id", "ls", "touch", "rm", "mkdir", "mv", "chmod", "chown", "ln", "echo", "stat", "sleep",
            "test", "grep", "head", "wc")
 DRIVERS = [pytest.param("kernel", marks=pytest.mark.needs_kernel_overlay),
@@ -40,20 +38,11 @@ CHANGED = ["new", "changed", "gone", "moved", "0", "700"]
 
 
 def busybox_tree(root: Path) -> Path:
-    assert os.path.exists(BUSYBOX), "the image tests need busybox-static (apt-get install busybox-static)"
-    (root / "bin").mkdir(parents=True)
-    shutil.copy(BUSYBOX, root / "bin/busybox")
-    for applet in APPLETS:
-        os.symlink("busybox", root / "bin" / applet)
-    (root / "etc").mkdir()
-    (root / "etc/os-release").write_text("ID=rbox-busybox\n")
+    busybox_rootfs(root, APPLETS)
     (root / "etc/gone").write_text("deleted inside\n")
-    (root / "etc/passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
-    (root / "etc/group").write_text("root:x:0:\n")
     (root / "usr/share/doc/pkg").mkdir(parents=True)
     (root / "usr/share/doc/pkg/README").write_text("doc\n")
-    for name in ("home", "work", "opt"):
-        (root / name).mkdir()
+    (root / "opt").mkdir()
     return root
 
 
