@@ -671,7 +671,13 @@ def _environment(v: dict[str, object], environ: dict[str, str], image_env: list[
     env["RBOX_SANDBOX"] = "1"
     for _, key in _list(v, "unsetenv"):
         env.pop(key, None)
-    for _, item in _list(v, "env"):
+    set_env(env, [item for _, item in _list(v, "env")], environ)
+    return env
+
+
+def set_env(env: dict[str, str], items: list[str], environ: dict[str, str]) -> None:
+    """-e KEY=VALUE sets KEY; -e KEY copies KEY from rbox's environment (run and exec alike)."""
+    for item in items:
         key, sep, value = item.partition("=")
         if not key:
             raise SpecError(f"invalid environment setting `{item}`", hint="use -e KEY=VALUE or -e KEY")
@@ -679,4 +685,3 @@ def _environment(v: dict[str, object], environ: dict[str, str], image_env: list[
             env[key] = value
         elif key in environ:
             env[key] = environ[key]
-    return env

@@ -44,7 +44,7 @@ from rootless.guard import run_child
 from rootless.instance import commands, registry
 from rootless.parent import Interrupted, Sandbox, fd_socket_pair
 from rootless.signals import FORWARDED, block, signalfd
-from rootless.spec import Spec, _pty
+from rootless.spec import Spec, _pty, set_env
 
 FLAGS = {"user": sc.CLONE_NEWUSER, "net": sc.CLONE_NEWNET, "uts": sc.CLONE_NEWUTS, "ipc": sc.CLONE_NEWIPC,
          "cgroup": sc.CLONE_NEWCGROUP}
@@ -123,14 +123,7 @@ def exec_spec(name: str, env: dict[str, str], fields: dict[str, str], command: l
               values: dict[str, object], environ: dict[str, str]) -> Spec:
     """What payload.start needs, from the sandbox's record and exec's options: the sandbox's
     environment and working directory (as its command got them), -e and -w on top."""
-    for _, item in values.get("env") or []:  # type: ignore[attr-defined]
-        key, sep, value = str(item).partition("=")
-        if not key:
-            raise SpecError(f"invalid environment setting `{item}`", hint="use -e KEY=VALUE or -e KEY")
-        if sep:
-            env[key] = value
-        elif key in environ:
-            env[key] = environ[key]
+    set_env(env, [str(item) for _, item in values.get("env") or []], environ)  # type: ignore[attr-defined]
     workdir = values.get("workdir") or fields.get("workdir") or "/"
     if not str(workdir).startswith("/"):
         raise SpecError(f"-w/--workdir must be an absolute path inside the sandbox, not `{workdir}`",
